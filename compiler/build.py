@@ -1,0 +1,74 @@
+"""Compile an imported model for a target preset into an artifact directory.
+
+Steps: check the toolchain, run the pipeline (compiler/pipeline.py), generate code, link the shared
+library with the preset's (cross) compiler, write `manifest.json`, publish the directory atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from compiler import __version__
+from compiler.artifact import Manifest, atomic_directory, sha256_file, write_manifest
+from compiler.errors import ToolchainError
+from compiler.frontends import ImportedModel
+from compiler.pipeline import PipelineConfig, run_pipeline
+from targets import Preset
+
+LIBRARY_NAME = "model.so"
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    preset: Preset
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+
+def check_toolchain(preset: Preset) -> None:
+    """Fail early, in one line, when the compiler that links this preset's library is missing."""
+    command = preset.compiler_command()
+    if shutil.which(command) is None:
+        raise ToolchainError(
+            f"the C++ compiler '{command}' that links {preset.name} libraries is not installed; "
+            f"install it with: apt-get install {preset.apt_package}"
+        )
+
+
+def compile_model(model: ImportedModel, options: CompileOptions, out_dir: Path) -> Manifest:
+    """Compile `model` for `options.preset` and publish the artifact at `out_dir`."""
+    import tvm
+    from tvm.support import cc
+
+    preset = options.preset
+    check_toolchain(preset)
+    target = preset.tvm_target()
+    result = run_pipeline(model.mod, target, options.pipeline)
+    executable = tvm.relax.build(result.mod, target, relax_pipeline=None)
+    with atomic_directory(out_dir) as staging:
+        fcompile = cc.cross_compiler(preset.cross_compiler) if preset.cross_compiler else None
+        executable.export_library(str(staging / LIBRARY_NAME), fcompile=fcompile)
+        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
+        manifest = Manifest(
+            library=LIBRARY_NAME,
+            inputs=model.inputs,
+            outputs=model.outputs,
+            target={**preset.to_json(), "tvm_target": json.loads(str(target))},
+            model=model.source.to_json(),
+            passes=tuple(phase.to_json() for phase in result.phases),
+            versions=_versions(),
+            files=files,
+        )
+        write_manifest(staging, manifest)
+    return manifest
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "edgec": __version__,
+        "tvm": metadata.version("apache-tvm"),
+        "tvm_ffi": metadata.version("apache-tvm-ffi"),
+    }

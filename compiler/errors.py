@@ -1,0 +1,32 @@
+"""User-facing errors: each one is printed by the CLI as a single line, without a traceback.
+
+Anything that is not an `EdgecError` is a bug in edgec and keeps its traceback.
+"""
+
+
+class EdgecError(Exception):
+    """A mistake in what the user asked for, with the fix in the message."""
+
+
+class ModelImportError(EdgecError):
+    """The model file cannot be read or converted (format, opset, symbolic shape)."""
+
+
+class UnsupportedOperatorError(ModelImportError):
+    """An operator of the model has no converter in this version."""
+
+
+class TargetError(EdgecError):
+    """An unknown target name or an unusable target description."""
+
+
+class ToolchainError(EdgecError):
+    """A compiler or emulator that the target needs is not installed."""
+
+
+class ArtifactError(EdgecError):
+    """A compiled artifact is missing, corrupt or not runnable here."""
+
+
+class InputError(EdgecError):
+    """Inputs given to a run do not match what the model expects."""
