@@ -14,6 +14,7 @@ from pathlib import Path
 
 from compiler import __version__
 from compiler.artifact import Manifest, atomic_directory, sha256_file, write_manifest
+from compiler.devicecode import cuda_fpack_imports, require_nvcc
 from compiler.errors import ToolchainError
 from compiler.frontends import ImportedModel
 from compiler.pipeline import PipelineConfig, run_pipeline
@@ -30,6 +31,8 @@ class CompileOptions:
 
 def check_toolchain(preset: Preset) -> None:
     """Fail early, in one line, when the compiler that links this preset's library is missing."""
+    if preset.device == "cuda":
+        require_nvcc()
     command = preset.compiler_command()
     if shutil.which(command) is None:
         raise ToolchainError(
@@ -50,13 +53,14 @@ def compile_model(model: ImportedModel, options: CompileOptions, out_dir: Path) 
     executable = tvm.relax.build(result.mod, target, relax_pipeline=None)
     with atomic_directory(out_dir) as staging:
         fcompile = cc.cross_compiler(preset.cross_compiler) if preset.cross_compiler else None
-        executable.export_library(str(staging / LIBRARY_NAME), fcompile=fcompile)
+        fpack_imports = cuda_fpack_imports(preset.target["arch"]) if preset.device == "cuda" else None
+        executable.export_library(str(staging / LIBRARY_NAME), fcompile=fcompile, fpack_imports=fpack_imports)
         files = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
         manifest = Manifest(
             library=LIBRARY_NAME,
             inputs=model.inputs,
             outputs=model.outputs,
-            target={**preset.to_json(), "tvm_target": json.loads(str(target))},
+            target={**preset.to_json(), "tvm_target": json.loads(str(target)), "device_code": _device_code(preset)},
             model=model.source.to_json(),
             passes=tuple(phase.to_json() for phase in result.phases),
             versions=_versions(),
@@ -64,6 +68,15 @@ def compile_model(model: ImportedModel, options: CompileOptions, out_dir: Path) 
         )
         write_manifest(staging, manifest)
     return manifest
+
+
+def _device_code(preset: Preset) -> dict[str, str]:
+    """How the kernels are shipped: host code only, an nvcc fatbin, or OpenCL C for the device driver."""
+    if preset.device == "cuda":
+        return {"format": "fatbin", "arch": preset.target["arch"], "compiler": "nvcc", "contains": "SASS and PTX"}
+    if preset.device == "opencl":
+        return {"format": "opencl-source", "compiler": "the device's OpenCL driver, when the library is loaded"}
+    return {"format": "host-code", "compiler": preset.compiler_command()}
 
 
 def _versions() -> dict[str, str]:

@@ -40,10 +40,13 @@ def export_onnx(
     input_names: Sequence[str] = ("input",),
     output_names: Sequence[str] = ("output",),
     dynamic_batch: bool = False,
+    fold_constants: bool = True,
 ) -> Path:
     """Export `model` with the TorchScript-based ONNX exporter (the dynamo one needs onnxscript).
 
     With `dynamic_batch`, dim 0 of every input and output is named "batch" instead of fixed.
+    The exporter folds eval-mode BatchNorm into the preceding Conv; `fold_constants=False` keeps
+    the BatchNormalization nodes, so an importer's own BN folding gets exercised.
     """
     axes = {n: {0: "batch"} for n in (*input_names, *output_names)} if dynamic_batch else None
 
@@ -51,7 +54,8 @@ def export_onnx(
         with torch.no_grad():
             torch.onnx.export(
                 model, (example_input,), tmp, opset_version=opset, input_names=list(input_names),
-                output_names=list(output_names), dynamic_axes=axes, dynamo=False,
+                output_names=list(output_names), dynamic_axes=axes, do_constant_folding=fold_constants,
+                dynamo=False,
             )
 
     return _atomic_write(path, write)
@@ -82,11 +86,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dynamic-batch", action="store_true")
+    parser.add_argument("--dynamic-batch", action="store_true", help="make the ONNX batch dim symbolic")
+    parser.add_argument("--keep-batchnorm", action="store_true", help="do not fold BN into conv in the ONNX")
     args = parser.parse_args(argv)
     model, x = example_model(args.model, args.seed)
+    onnx_path = args.out / f"{args.model}.onnx"
     for written in (
-        export_onnx(model, x, args.out / f"{args.model}.onnx", args.opset, dynamic_batch=args.dynamic_batch),
+        export_onnx(model, x, onnx_path, args.opset, dynamic_batch=args.dynamic_batch,
+                    fold_constants=not args.keep_batchnorm),
         export_pt2(model, x, args.out / f"{args.model}.pt2"),
     ):
         print(written)

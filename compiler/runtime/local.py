@@ -32,7 +32,7 @@ class LocalModel:
         if execution.mode != "native":
             raise ArtifactError(
                 f"artifact '{self.artifact}' is for {preset.name} ({preset.triple}, {preset.device}) and cannot run "
-                f"natively here: {execution.reason}"
+                f"in this process ({execution.mode}: {execution.reason})"
             )
         verify_files(self.artifact, self.manifest)
         self._device = tvm.cpu()
