@@ -156,6 +156,7 @@ def _without_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     real_inputs = [i for i in model.graph.input if i.name not in initializers]
     del model.graph.input[:]
     model.graph.input.extend(real_inputs)
+    model.ir_version = max(model.ir_version, 4)  # IR 4 is the first to allow initializers that are not inputs
     return model
 
 

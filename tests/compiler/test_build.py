@@ -1,0 +1,189 @@
+"""End-to-end: example models compiled for real targets, run, and compared with the reference engines."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from compiler.artifact import read_manifest, sha256_file
+from compiler.build import CompileOptions, compile_model
+from compiler.devicecode import embedded_device_code
+from compiler.errors import ArtifactError, InputError, UnsupportedOperatorError
+from compiler.frontends import import_onnx, load_model
+from compiler.pipeline import PipelineConfig
+from compiler.runtime import LocalModel
+from targets import resolve_target
+from targets.elf import elf_machine
+
+# Untuned TVM kernels sum in a different order than onnxruntime/PyTorch: bound the error relative to
+# the output's magnitude (ResNet-18's logits reach ~1e2 with random weights).
+RELATIVE_TOLERANCE = 1e-4
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray) -> float:
+    diff = float(np.abs(actual - expected).max())
+    bound = RELATIVE_TOLERANCE * max(1.0, float(np.abs(expected).max()))
+    assert actual.shape == expected.shape
+    assert diff <= bound, f"max abs diff {diff:.3g} exceeds {bound:.3g}"
+    return diff
+
+
+@pytest.mark.parametrize("name", ["digits", "mobilenetv2", "resnet18"])
+def test_onnx_model_on_host_matches_onnxruntime(name, example, compiled, record_property):
+    files = example(name)
+    outputs = LocalModel(compiled(name, "onnx", "host")).run({"input": files.input})
+    diff = assert_close(outputs["output"], files.onnxruntime_output())
+    record_property("max_abs_diff_vs_onnxruntime", diff)
+
+
+@pytest.mark.parametrize("name", ["digits", "mobilenetv2", "resnet18"])
+def test_pt2_model_on_host_matches_pytorch(name, example, compiled, record_property):
+    files = example(name)
+    model = LocalModel(compiled(name, "pt2", "host"))
+    (input_spec,) = model.manifest.inputs
+    (output,) = model.run({input_spec.name: files.input}).values()
+    diff = assert_close(output, files.torch_output())
+    record_property("max_abs_diff_vs_pytorch", diff)
+
+
+def test_digits_accuracy_is_unchanged_by_compilation(example, compiled):
+    from examples.digits_cnn import load_digits_split
+
+    _, _, x_test, y_test = load_digits_split()
+    model = LocalModel(compiled("digits", "onnx", "host"))
+    predictions = np.array([model.run({"input": x[None]})["output"].argmax() for x in x_test])
+    files = example("digits")
+    import torch
+
+    with torch.no_grad():
+        reference = files.model(torch.from_numpy(x_test)).numpy().argmax(1)
+    assert (predictions == reference).mean() == 1.0
+    assert (predictions == y_test).mean() >= 0.95
+
+
+def test_x86_64_preset_runs_natively(example, compiled):
+    files = example("digits")
+    outputs = LocalModel(compiled("digits", "onnx", "x86-64")).run({"input": files.input})
+    assert_close(outputs["output"], files.onnxruntime_output())
+
+
+@pytest.mark.parametrize(
+    ("target", "machine", "execution"),
+    [("cortex-a72", "aarch64", "qemu"), ("cortex-a53", "aarch64", "qemu"), ("armv7", "arm", "compile-only")],
+)
+def test_arm_presets_cross_link_for_their_architecture(target, machine, execution, compiled):
+    artifact = compiled("resnet18" if target == "cortex-a72" else "digits", "onnx", target)
+    manifest = read_manifest(artifact)
+    assert elf_machine(artifact / manifest.library) == machine
+    assert manifest.target["name"] == target
+    assert manifest.target["execution"]["mode"] == execution
+    with pytest.raises(ArtifactError, match=f"is for {target}"):
+        LocalModel(artifact)
+
+
+@pytest.mark.parametrize(
+    ("target", "machine", "arch"),
+    [("jetson-orin", "aarch64", "sm_87"), ("cuda-sm80", "x86_64", "sm_80"), ("cuda-sm90", "x86_64", "sm_90")],
+)
+def test_cuda_presets_embed_an_nvcc_fatbin_for_their_arch(target, machine, arch, compiled):
+    artifact = compiled("digits", "onnx", target)
+    manifest = read_manifest(artifact)
+    library = artifact / manifest.library
+    code = embedded_device_code(library)
+    assert elf_machine(library) == machine
+    assert code["cuda_fatbin"] and code["cuda_archs"] == [arch]
+    assert not code["cuda_source"]  # compiled ahead of time: the device needs no NVRTC
+    assert manifest.target["device_code"] == {"format": "fatbin", "arch": arch, "compiler": "nvcc", "contains": "SASS and PTX"}
+    assert manifest.target["execution"]["mode"] == "compile-only"
+
+
+@pytest.mark.parametrize("target", ["mali-g52", "mali-g610"])
+def test_mali_presets_embed_opencl_kernels_with_an_aarch64_host(target, compiled):
+    artifact = compiled("digits", "onnx", target)
+    manifest = read_manifest(artifact)
+    code = embedded_device_code(artifact / manifest.library)
+    assert elf_machine(artifact / manifest.library) == "aarch64"
+    assert code["opencl_source"] and not code["cuda_fatbin"]
+    assert manifest.target["device_code"]["format"] == "opencl-source"
+    assert manifest.target["execution"]["mode"] == "compile-only"
+
+
+def test_manifest_records_interface_target_versions_passes_and_hashes(compiled):
+    artifact = compiled("digits", "onnx", "host")
+    data = json.loads((artifact / "manifest.json").read_text())
+    assert data["inputs"] == [{"name": "input", "shape": [1, 1, 8, 8], "dtype": "float32"}]
+    assert data["outputs"] == [{"name": "output", "shape": [1, 10], "dtype": "float32"}]
+    assert data["target"]["name"] == "host" and data["target"]["tvm_target"]["kind"] == "llvm"
+    assert data["versions"]["tvm"] == "0.27.0.post1" and data["versions"]["tvm_ffi"] == "0.1.14.post0"
+    assert data["model"]["format"] == "onnx" and data["model"]["opset"] == 17 and len(data["model"]["sha256"]) == 64
+    assert [p["phase"] for p in data["passes"]] == ["simplify", "dispatch", "legalize-fuse", "lower", "finalize"]
+    assert "simplify_for_inference" in data["passes"][0]["passes"]
+    assert data["files"] == {"model.so": sha256_file(artifact / "model.so")}
+    assert sorted(p.name for p in artifact.iterdir()) == ["manifest.json", "model.so"]
+
+
+def test_dump_ir_writes_the_module_after_every_phase(example, tmp_path):
+    ir_dir = tmp_path / "ir"
+    options = CompileOptions(resolve_target("host"), PipelineConfig(dump_ir=ir_dir))
+    compile_model(load_model(example("digits").onnx), options, tmp_path / "out")
+    dumps = sorted(p.name for p in ir_dir.iterdir())
+    assert dumps == ["00-imported.py", "01-simplify.py", "02-dispatch.py", "03-legalize-fuse.py", "04-lower.py", "05-finalize.py"]
+    assert "R.nn.conv2d" in (ir_dir / "00-imported.py").read_text()
+    assert "R.nn.conv2d" not in (ir_dir / "03-legalize-fuse.py").read_text()  # lowered to TIR
+
+
+def test_failed_compile_leaves_nothing_behind(tmp_path):
+    from examples.onnx_cases import unsupported_op
+
+    out = tmp_path / "out"
+    with pytest.raises(UnsupportedOperatorError):
+        compile_model(import_onnx(unsupported_op()), CompileOptions(resolve_target("host")), out)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compile_replaces_an_artifact_but_never_other_files(example, tmp_path):
+    model = load_model(example("digits").onnx)
+    options = CompileOptions(resolve_target("host"))
+    out = tmp_path / "out"
+    compile_model(model, options, out)
+    (out / "stale.txt").write_text("from an earlier build")
+    compile_model(model, options, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or retired directories
+    assert not (out / "stale.txt").exists()
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(ArtifactError, match="not an edgec artifact"):
+        compile_model(model, options, precious)
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_run_rejects_a_modified_library(compiled, tmp_path):
+    import shutil
+
+    artifact = tmp_path / "artifact"
+    shutil.copytree(compiled("digits", "onnx", "host"), artifact)
+    with open(artifact / "model.so", "r+b") as library:
+        library.seek(-1, 2)
+        library.write(b"\x00" if library.read(1) != b"\x00" else b"\x01")
+    with pytest.raises(ArtifactError, match="does not match its sha256"):
+        LocalModel(artifact)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"input": np.zeros((1, 1, 8, 9), "float32")}, "input 'input' expects shape 1x1x8x8 float32, given shape 1x1x8x9 float32"),
+        ({"input": np.zeros((1, 1, 8, 8), "float64")}, "input 'input' expects shape 1x1x8x8 float32, given shape 1x1x8x8 float64"),
+        ({}, "missing input 'input'"),
+        ({"input": np.zeros((1, 1, 8, 8), "float32"), "extra": np.zeros(1)}, "unknown input extra; the model's inputs are: input"),
+    ],
+)
+def test_run_rejects_wrong_inputs(inputs, message, compiled):
+    model = LocalModel(compiled("digits", "onnx", "host"))
+    with pytest.raises(InputError) as error:
+        model.run(inputs)
+    assert message in str(error.value)
