@@ -110,13 +110,13 @@ def _arch_preset(arch: str) -> Preset:
     """The generic triple preset of `arch`; it names the compiler, apt package, wheel and emulator."""
     from targets.presets import TRIPLE_PRESETS
 
+    supported = ", ".join(sorted(p.elf_machine for p in TRIPLE_PRESETS.values() if p.runtime_wheel_platform))
     for preset in TRIPLE_PRESETS.values():
         if preset.elf_machine == arch:
             if preset.runtime_wheel_platform is None:
-                raise ToolchainError(f"no TVM runtime wheel is published for {arch}; the runner supports x86_64 and aarch64")
+                raise ToolchainError(f"no TVM runtime wheel is published for {arch}; the runner supports: {supported}")
             return preset
-    known = sorted(p.elf_machine for p in TRIPLE_PRESETS.values() if p.runtime_wheel_platform)
-    raise ToolchainError(f"unknown architecture {arch!r}; the runner supports: {', '.join(known)}")
+    raise ToolchainError(f"unknown architecture {arch!r}; the runner supports: {supported}")
 
 
 def _versions() -> dict[str, str]:

@@ -1,0 +1,136 @@
+"""The quick-start job: compile bundled models for this CPU and a Raspberry Pi 4, run, compare, time.
+
+    python -m examples.quickstart [--out out/quickstart] [--arm-target cortex-a72]
+
+1. trains the digits CNN on scikit-learn's digits and builds ResNet-18, exports both to ONNX;
+2. compiles each with edgec for `host` (this CPU) and for an ARM preset (cross-linked aarch64 .so);
+3. runs the host builds and prints their agreement with onnxruntime and PyTorch and their latency
+   next to onnxruntime's (medians; untuned TVM kernels are slow on CPU until tuning records exist).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from compiler.artifact import read_manifest
+from compiler.build import CompileOptions, compile_model
+from compiler.frontends import load_model
+from compiler.runtime import LocalModel
+from targets import resolve_target
+from targets.elf import elf_machine
+
+console = Console()
+
+
+@dataclass(frozen=True)
+class Example:
+    name: str
+    onnx: Path
+    inputs: np.ndarray  # a batch of single-sample inputs, shape (n, *input_shape)
+    torch_outputs: np.ndarray
+    repeats: int
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m examples.quickstart", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("out/quickstart"))
+    parser.add_argument("--arm-target", default="cortex-a72")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    table = Table(title="edgec quick start (fp32, batch 1, untuned)")
+    for column in ("model", "target", "library", "max abs diff vs onnxruntime", "top-1 = PyTorch",
+                   "edgec p50 ms", "onnxruntime p50 ms"):
+        table.add_column(column)
+    for example in (_digits(args.out), _resnet18(args.out)):
+        for target in ("host", args.arm_target):
+            table.add_row(*_compile_and_check(example, target, args.out))
+    console.print(table)
+
+
+def _digits(out: Path) -> Example:
+    import torch
+
+    from examples.digits_cnn import accuracy, load_digits_split, train
+    from examples.export import export_onnx
+
+    with console.status("training the digits CNN on scikit-learn's digits"):
+        model = train()
+    _, _, x_test, y_test = load_digits_split()
+    console.print(f"digits CNN: PyTorch top-1 accuracy on {len(y_test)} test digits = {accuracy(model, x_test, y_test):.3f}")
+    path = export_onnx(model, torch.from_numpy(x_test[:1]), out / "digits.onnx")
+    with torch.no_grad():
+        reference = model(torch.from_numpy(x_test)).numpy()
+    return Example("digits CNN", path, x_test[:, None], reference[:, None], repeats=200)
+
+
+def _resnet18(out: Path) -> Example:
+    import torch
+
+    from examples import resnet18
+    from examples.export import export_onnx
+
+    with console.status("building ResNet-18 (seeded weights) and exporting it to ONNX"):
+        model = resnet18.build()
+        x = torch.rand(resnet18.INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
+        path = export_onnx(model, x, out / "resnet18.onnx")
+        with torch.no_grad():
+            reference = model(x).numpy()
+    return Example("ResNet-18", path, x.numpy()[None], reference[None], repeats=5)
+
+
+def _compile_and_check(example: Example, target: str, out: Path) -> list[str]:
+    preset = resolve_target(target)
+    artifact = out / f"{example.onnx.stem}-{preset.name}"
+    with console.status(f"compiling {example.name} for {preset.name}"):
+        started = time.perf_counter()
+        compile_model(load_model(example.onnx), CompileOptions(preset), artifact)
+    console.print(f"compiled {example.name} for {preset.name} in {time.perf_counter() - started:.1f} s -> {artifact}")
+    manifest = read_manifest(artifact)
+    library = f"{elf_machine(artifact / manifest.library)} ELF"
+    execution = preset.execution_here()
+    if execution.mode != "native":
+        return [example.name, preset.name, library, f"not run here ({execution.mode})", "-", "-", "-"]
+
+    model = LocalModel(artifact)
+    with console.status(f"running {example.name} on this CPU"):
+        outputs = np.stack([model.run({"input": x})["output"] for x in example.inputs])
+        reference = _onnxruntime(example.onnx)
+        ort_outputs = np.stack([reference(x) for x in example.inputs])
+        edgec_ms = statistics.median(model.latencies({"input": example.inputs[0]}, repeat=example.repeats)) * 1e3
+        ort_ms = _median_ms(lambda: reference(example.inputs[0]), example.repeats)
+    agreement = (outputs.argmax(-1) == example.torch_outputs.argmax(-1)).mean()
+    return [example.name, preset.name, library, f"{np.abs(outputs - ort_outputs).max():.2e}",
+            f"{agreement:.1%} ({len(outputs)})", f"{edgec_ms:.2f}", f"{ort_ms:.2f}"]
+
+
+def _onnxruntime(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"input": x})[0]
+
+
+def _median_ms(run: Callable[[], object], repeats: int) -> float:
+    run()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1e3
+
+
+if __name__ == "__main__":
+    main()
