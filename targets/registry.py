@@ -123,13 +123,13 @@ class Preset:
         out["execution"] = {"mode": execution.mode, "reason": execution.reason}
         return out
 
-
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Preset":
         """Rebuild a preset from `to_json()` output (as stored in a manifest); extra keys are ignored."""
         values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         values["required_cpu_features"] = tuple(values.get("required_cpu_features", ()))
         return cls(**values)
+
 
 def _compile_only(reason: str) -> Execution:
     return Execution("compile-only", reason)
@@ -198,11 +198,15 @@ def host_preset() -> Preset:
 
     base = _triple_preset(machine_arch())
     cpu = codegen.llvm_get_system_cpu()
-    return replace(
+    preset = replace(
         base, name="host", description=f"this machine ({cpu}, {os.cpu_count()} cores)",
         target={**base.target, "mcpu": cpu, "num-cores": os.cpu_count()},
         cross_compiler=None, apt_package="g++", emulator=None, emulator_sysroot=None,
         required_cpu_features=(), notes="built for the CPU LLVM detects on this machine")
+    # Record what the code may use, so that a 'host' artifact copied to an older CPU is not run there.
+    # Only flags this CPU reports count: under a hypervisor LLVM's model can claim more than is exposed.
+    needed = required_cpu_flags(preset.tvm_target(), preset.elf_machine)
+    return replace(preset, required_cpu_features=tuple(f for f in needed if f in cpu_flags()))
 
 
 def list_presets() -> list[Preset]:

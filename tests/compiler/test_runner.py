@@ -28,13 +28,13 @@ DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "int8": 
 
 
 def dtypes_model() -> onnx.ModelProto:
-    """out_<dtype> = in_<dtype> + in_<dtype> for each dtype in DTYPES: multi-input, tuple output."""
+    """out_<dtype> = in_<dtype> + in_<dtype> for each dtype in DTYPES (Add takes 8-bit ints from opset 14)."""
     nodes = [helper.make_node("Add", [f"in_{d}", f"in_{d}"], [f"out_{d}"]) for d in DTYPES]
     graph = helper.make_graph(
         nodes, "dtypes",
         [helper.make_tensor_value_info(f"in_{d}", t, [2, 3]) for d, t in DTYPES.items()],
         [helper.make_tensor_value_info(f"out_{d}", t, [2, 3]) for d, t in DTYPES.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
 
 
 def compile_artifact(model: onnx.ModelProto, target: str, out: Path) -> Path:

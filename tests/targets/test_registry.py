@@ -205,7 +205,17 @@ def test_host_preset_is_native_for_this_cpu():
     host = host_preset()
     assert host.execution_here().mode == "native"
     assert host.target["mcpu"] == codegen.llvm_get_system_cpu()
-    assert host.cross_compiler is None and host.required_cpu_features == ()
+    assert host.cross_compiler is None
+    # the features its code may use are recorded, and this CPU has every one of them
+    assert set(host.required_cpu_features) <= this_cpu_flags()
+    if "avx2" in this_cpu_flags():
+        assert "avx2" in host.required_cpu_features
+
+
+def test_host_artifact_is_not_native_on_a_cpu_without_its_features():
+    moved = Preset.from_json({**host_preset().to_json(), "required_cpu_features": ["avx512_fp16_not_here"]})
+    execution = moved.execution_here()
+    assert execution.mode == "compile-only" and "avx512_fp16_not_here" in execution.reason
 
 
 @pytest.mark.parametrize("name", ["cuda-sm80", "cuda-sm90", "jetson-orin", "mali-g52", "mali-g610"])
