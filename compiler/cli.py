@@ -7,6 +7,7 @@ exception is a bug in edgec and keeps its traceback.
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,21 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True, highlight=False)
+
+
+class Device(str, enum.Enum):
+    """Where `run` executes an artifact (mirrors compiler.runtime.DEVICES)."""
+
+    local = "local"
+    qemu = "qemu"
+
+
+class BenchDevice(str, enum.Enum):
+    """Where `bench` times an artifact (mirrors compiler.bench.DEVICES)."""
+
+    local = "local"
+    rpc = "rpc"
+    qemu = "qemu"
 
 
 @contextlib.contextmanager
@@ -68,12 +84,13 @@ def run_command(
     artifact: Annotated[Path, typer.Argument(help="Artifact directory written by `edgec compile`.")],
     input: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="NAME=FILE.npy (or FILE.npy for a single-input model); repeatable.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write outputs to this .npz, keyed by output name.")] = None,
+    device: Annotated[Device, typer.Option("--device", "-d", help="local: in this process on this CPU; qemu: the C++ runner under qemu-user (aarch64 artifacts).")] = Device.local,
 ) -> None:
-    """Run an artifact on this machine's CPU with inputs from .npy files."""
-    from compiler.runtime import LocalModel, read_input_files, write_outputs
+    """Run an artifact with inputs from .npy files, here or under emulation."""
+    from compiler.runtime import open_model, read_input_files, write_outputs
 
     with user_errors():
-        model = LocalModel(artifact)
+        model = open_model(artifact, device.value)
         outputs = model.run(read_input_files(model.manifest.inputs, input or []))
         if output is not None:
             write_outputs(output, outputs)
@@ -81,6 +98,56 @@ def run_command(
         typer.echo(f"{name}: shape {'x'.join(map(str, value.shape))} {value.dtype}")
     if output is not None:
         typer.echo(f"wrote {output}")
+
+
+@app.command("bench")
+def bench_command(
+    artifact: Annotated[Path, typer.Argument(help="Artifact directory written by `edgec compile`.")],
+    device: Annotated[BenchDevice, typer.Option("--device", "-d", help="local: this CPU, in this process; rpc: a TVM RPC server, through a tracker or directly; qemu: not yet.")] = BenchDevice.local,
+    rpc_tracker: Annotated[Optional[str], typer.Option("--rpc-tracker", help="HOST:PORT of the RPC tracker (with --rpc-key).")] = None,
+    rpc_key: Annotated[Optional[str], typer.Option("--rpc-key", help="Device key the RPC servers registered with at the tracker.")] = None,
+    rpc: Annotated[Optional[str], typer.Option("--rpc", help="HOST:PORT of one RPC server, without a tracker.")] = None,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs before timing.")] = 10,
+    runs: Annotated[int, typer.Option("--runs", help="Timed runs, one latency sample each.")] = 100,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the tracker, a free device and its session.")] = 60.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: artifact, device and latency stats.")] = False,
+) -> None:
+    """Time an artifact's single runs (min, mean, p50, p90, p99, max, std in ms) here or on a remote device."""
+    from compiler.artifact import read_manifest
+    from compiler.bench import BenchSpec, bench
+    from compiler.errors import BenchError
+    from compiler.rpc import RemoteSpec, parse_host_port
+
+    with user_errors():
+        spec = BenchSpec(warmup=warmup, runs=runs)
+        remote = None
+        if device is BenchDevice.rpc:
+            remote = RemoteSpec(
+                tracker=parse_host_port(rpc_tracker, "--rpc-tracker") if rpc_tracker else None,
+                key=rpc_key,
+                address=parse_host_port(rpc, "--rpc") if rpc else None,
+                timeout_s=timeout,
+            )
+        elif rpc_tracker or rpc_key or rpc:
+            raise BenchError(f"--rpc-tracker, --rpc-key and --rpc apply to --device rpc, not --device {device.value}")
+        manifest = read_manifest(artifact)
+        where = remote.describe() if remote else device.value
+        with console.status(f"benchmarking {artifact.name} on {where}"):
+            stats = bench(artifact, spec, device.value, remote)
+    target = manifest.target
+    if as_json:
+        info = {
+            "artifact": {"path": str(artifact), "library": manifest.library, "target": target.get("name"), "triple": target.get("triple")},
+            "device": {"kind": device.value, **(remote.to_json() if remote else {})},
+            "unit": "ms",
+            "stats": stats.to_json(),
+        }
+        typer.echo(json.dumps(info, indent=2))
+        return
+    typer.echo(f"{artifact}/{manifest.library} ({target.get('name')}) on {where}: {stats.runs} runs after {stats.warmup} warm-up runs, ms")
+    columns = ("min", "mean", "p50", "p90", "p99", "max", "std")
+    typer.echo("".join(f"{name:>11}" for name in columns))
+    typer.echo("".join(f"{getattr(stats, name):>11.4g}" for name in columns))
 
 
 @app.command("targets")

@@ -30,3 +30,15 @@ class ArtifactError(EdgecError):
 
 class InputError(EdgecError):
     """Inputs given to a run do not match what the model expects."""
+
+
+class RunnerError(EdgecError):
+    """The C++ runner rejected its inputs or the model library (its exit code 2), or timed out."""
+
+
+class RemoteError(EdgecError):
+    """An RPC tracker or server cannot be reached, has no free device, or went away during a run."""
+
+
+class BenchError(EdgecError):
+    """A benchmark setting is out of range, or the device cannot be benchmarked yet."""

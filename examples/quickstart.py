@@ -4,8 +4,9 @@
 
 1. trains the digits CNN on scikit-learn's digits and builds ResNet-18, exports both to ONNX;
 2. compiles each with edgec for `host` (this CPU) and for an ARM preset (cross-linked aarch64 .so);
-3. runs the host builds and prints their agreement with onnxruntime and PyTorch and their latency
-   next to onnxruntime's (medians; untuned TVM kernels are slow on CPU until tuning records exist).
+3. runs the host builds in-process and the ARM builds with edgec's C++ runner under qemu-aarch64, and
+   prints their agreement with onnxruntime and PyTorch, and the host builds' latency next to
+   onnxruntime's (medians; untuned TVM kernels are slow on CPU until tuning records exist).
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from rich.table import Table
 from compiler.artifact import read_manifest
 from compiler.build import CompileOptions, compile_model
 from compiler.frontends import load_model
-from compiler.runtime import LocalModel
+from compiler.runtime import open_model
 from targets import resolve_target
 from targets.elf import elf_machine
 
-console = Console()
+console = Console(width=None if Console().is_terminal else 132)
+EMULATED_SAMPLES = 20  # each emulated run starts the runner under qemu: check a subset
 
 
 @dataclass(frozen=True)
@@ -98,19 +100,24 @@ def _compile_and_check(example: Example, target: str, out: Path) -> list[str]:
     manifest = read_manifest(artifact)
     library = f"{elf_machine(artifact / manifest.library)} ELF"
     execution = preset.execution_here()
-    if execution.mode != "native":
-        return [example.name, preset.name, library, f"not run here ({execution.mode})", "-", "-", "-"]
+    if execution.mode == "compile-only":
+        return [example.name, preset.name, library, f"not run here ({execution.reason})", "-", "-", "-"]
 
-    model = LocalModel(artifact)
-    with console.status(f"running {example.name} on this CPU"):
-        outputs = np.stack([model.run({"input": x})["output"] for x in example.inputs])
-        reference = _onnxruntime(example.onnx)
-        ort_outputs = np.stack([reference(x) for x in example.inputs])
-        edgec_ms = statistics.median(model.latencies({"input": example.inputs[0]}, repeat=example.repeats)) * 1e3
-        ort_ms = _median_ms(lambda: reference(example.inputs[0]), example.repeats)
-    agreement = (outputs.argmax(-1) == example.torch_outputs.argmax(-1)).mean()
-    return [example.name, preset.name, library, f"{np.abs(outputs - ort_outputs).max():.2e}",
-            f"{agreement:.1%} ({len(outputs)})", f"{edgec_ms:.2f}", f"{ort_ms:.2f}"]
+    emulated = execution.mode == "qemu"
+    model = open_model(artifact, "qemu" if emulated else "local")
+    inputs = example.inputs[:EMULATED_SAMPLES] if emulated else example.inputs
+    reference = _onnxruntime(example.onnx)
+    with console.status(f"running {example.name} for {preset.name} ({execution.mode})"):
+        outputs = np.stack([model.run({"input": x})["output"] for x in inputs])
+        ort_outputs = np.stack([reference(x) for x in inputs])
+        if emulated:  # qemu timings say nothing about the device's speed
+            edgec_ms = ort_ms = "-"
+        else:
+            edgec_ms = f"{statistics.median(model.latencies({'input': inputs[0]}, repeat=example.repeats)) * 1e3:.2f}"
+            ort_ms = f"{_median_ms(lambda: reference(inputs[0]), example.repeats):.2f}"
+    agreement = (outputs.argmax(-1) == example.torch_outputs[: len(outputs)].argmax(-1)).mean()
+    return [example.name, f"{preset.name} ({execution.mode})", library, f"{np.abs(outputs - ort_outputs).max():.2e}",
+            f"{agreement:.1%} ({len(outputs)})", edgec_ms, ort_ms]
 
 
 def _onnxruntime(path: Path) -> Callable[[np.ndarray], np.ndarray]:

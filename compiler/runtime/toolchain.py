@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.errors import EdgecError, InputError, ToolchainError
+from compiler.errors import InputError, RunnerError, ToolchainError
 from targets import Preset
 from targets.registry import machine_arch
 
@@ -40,10 +40,6 @@ RUNNER_NAME = "edgec-runner"
 _WHEEL_LIBRARIES = {"tvm/lib/libtvm_runtime.so": "libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so": "libtvm_ffi.so"}
 _WHEEL_INCLUDE = "tvm_ffi/include/"
 _DISTRIBUTIONS = {"tvm": "apache-tvm", "ffi": "apache-tvm-ffi"}
-
-
-class RunnerError(EdgecError):
-    """The C++ runner rejected its inputs or the model library (its exit code 2), or timed out."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +190,9 @@ def _extract(wheels: dict[str, Path], root: Path) -> None:
             raise ToolchainError(f"the wheels in {next(iter(wheels.values())).parent} lack {', '.join(missing)}; "
                                  f"delete them so that edgec downloads them again")
         os.rename(staging, root)
+    except zipfile.BadZipFile as err:
+        raise ToolchainError(f"a wheel in {next(iter(wheels.values())).parent} is corrupt ({err}); "
+                             f"delete it so that edgec downloads it again") from None
     except OSError:
         if not root.is_dir():  # another process may have published the same directory first
             raise
@@ -219,7 +218,8 @@ def build_runner(arch: str) -> Path:
     binary.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{RUNNER_NAME}.", dir=binary.parent)
     os.close(fd)
-    rpath = ":".join(["$ORIGIN", *map(str, libs.lib_dirs)])
+    # $ORIGIN/../lib: the bundle's usr/bin + usr/lib layout; the cache's dirs: running from the cache
+    rpath = ":".join(["$ORIGIN", "$ORIGIN/../lib", *map(str, libs.lib_dirs)])
     command = [compiler, "-std=c++17", "-O2", f"-I{libs.include_dir}", str(RUNNER_SOURCE), "-o", tmp,
                *(f"-L{d}" for d in libs.lib_dirs), "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi",
                f"-Wl,-rpath,{rpath}"]

@@ -1,0 +1,120 @@
+"""Latency of a compiled artifact: here in this process (`local`) or on a device over TVM's RPC (`rpc`).
+
+Every timed run is one sample (TVM's time_evaluator with number=1, repeat=runs), so percentiles
+describe single inferences, after `warmup` untimed runs. Inputs are random data of the manifest's
+shapes and dtypes, seeded, so two benchmarks of one artifact feed identical inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compiler.errors import BenchError
+from compiler.frontends import TensorSpec
+from compiler.rpc import RemoteModel, RemoteSpec
+
+DEVICES = ("local", "rpc", "qemu")
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """`warmup` untimed runs, then `runs` timed ones."""
+
+    warmup: int = 10
+    runs: int = 100
+
+    def __post_init__(self) -> None:
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise BenchError(f"--warmup must be an integer >= 0, got {self.warmup!r}")
+        if isinstance(self.runs, bool) or not isinstance(self.runs, int) or self.runs < 1:
+            raise BenchError(f"--runs must be an integer >= 1, got {self.runs!r}")
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency of single runs in milliseconds; percentiles interpolate linearly (numpy's default)."""
+
+    runs: int
+    warmup: int
+    min: float
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+    std: float  # population standard deviation
+
+    @classmethod
+    def from_samples(cls, samples_ms: Sequence[float], warmup: int) -> LatencyStats:
+        samples = np.asarray(samples_ms, dtype=np.float64)
+        if samples.ndim != 1 or samples.size == 0:
+            raise ValueError(f"need a non-empty 1-D sequence of samples, got shape {samples.shape}")
+        p50, p90, p99 = (float(v) for v in np.percentile(samples, [50, 90, 99]))
+        return cls(
+            runs=int(samples.size), warmup=int(warmup), min=float(samples.min()), mean=float(samples.mean()),
+            p50=p50, p90=p90, p99=p99, max=float(samples.max()), std=float(samples.std()),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs of the specs' shapes and dtypes: standard normal floats, integers in [0, 8), booleans."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for spec in specs:
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            arrays[spec.name] = rng.standard_normal(spec.shape).astype(dtype)
+        elif dtype.kind in "iu":
+            arrays[spec.name] = rng.integers(0, 8, spec.shape).astype(dtype)
+        elif dtype.kind == "b":
+            arrays[spec.name] = rng.integers(0, 2, spec.shape).astype(dtype)
+        else:
+            raise BenchError(f"input '{spec.name}' has dtype {spec.dtype}, for which edgec cannot make random data")
+    return arrays
+
+
+def bench(artifact: Path, spec: BenchSpec, device: str = "local", remote: RemoteSpec | None = None) -> LatencyStats:
+    """Benchmark `artifact` on `device` (one of DEVICES); `remote` says which server for "rpc"."""
+    if device == "local":
+        return bench_local(artifact, spec)
+    if device == "rpc":
+        if remote is None:
+            raise BenchError("--device rpc needs --rpc-tracker HOST:PORT --rpc-key KEY, or --rpc HOST:PORT")
+        return bench_rpc(artifact, spec, remote)
+    if device == "qemu":  # served by the C++ runner (compiler/runtime) once it reports per-run samples
+        raise BenchError("bench --device qemu is not available yet; use --device local or --device rpc")
+    raise BenchError(f"unknown device '{device}'; choose from: {', '.join(DEVICES)}")
+
+
+def bench_local(artifact: Path, spec: BenchSpec) -> LatencyStats:
+    """Benchmark in this process on the host CPU (the artifact must run natively here)."""
+    from compiler.runtime import LocalModel
+
+    model = LocalModel(artifact)
+    inputs = random_inputs(model.manifest.inputs)
+    for _ in range(spec.warmup):
+        model.run(inputs)
+    seconds = model.latencies(inputs, repeat=spec.runs, number=1)
+    return LatencyStats.from_samples([s * 1e3 for s in seconds], spec.warmup)
+
+
+def bench_rpc(artifact: Path, spec: BenchSpec, remote: RemoteSpec) -> LatencyStats:
+    """Benchmark on the RPC server `remote` names; the runs are timed on the device itself."""
+    with RemoteModel(artifact, remote) as model:
+        model.set_inputs(random_inputs(model.manifest.inputs))
+        seconds = model.latencies(spec.warmup, spec.runs)
+    return LatencyStats.from_samples([s * 1e3 for s in seconds], spec.warmup)
+
+
+def run_rpc(artifact: Path, inputs: Mapping[str, np.ndarray], remote: RemoteSpec) -> dict[str, np.ndarray]:
+    """Run `artifact` once on the RPC server `remote` names; outputs come back keyed by name."""
+    with RemoteModel(artifact, remote) as model:
+        return model.run(inputs)

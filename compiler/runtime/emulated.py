@@ -1,0 +1,38 @@
+"""Run an artifact with edgec's C++ runner, as on the device: under qemu-user for aarch64 artifacts."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from compiler.runtime.common import check_inputs, open_verified
+from compiler.runtime.toolchain import BenchSpec, BenchStats, run_runner
+
+
+class EmulatedModel:
+    """A verified aarch64 artifact, run by the cross-built runner under qemu (no Python on the 'device')."""
+
+    def __init__(self, artifact: Path):
+        self.artifact = Path(artifact)
+        self.manifest, self.preset = open_verified(self.artifact, "qemu", "--device local for host artifacts")
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs, _ = self._run(check_inputs(self.manifest.inputs, inputs), None)
+        return outputs
+
+    def bench(self, inputs: Mapping[str, np.ndarray], spec: BenchSpec) -> BenchStats:
+        _, stats = self._run(check_inputs(self.manifest.inputs, inputs), spec)
+        assert stats is not None
+        return stats
+
+    def _run(self, arrays: list[np.ndarray], spec: BenchSpec | None) -> tuple[dict[str, np.ndarray], BenchStats | None]:
+        with tempfile.TemporaryDirectory(prefix="edgec-run-") as work:
+            paths = [Path(work, f"input{i}.npy") for i in range(len(arrays))]
+            for path, array in zip(paths, arrays):
+                np.save(path, array)
+            values, stats = run_runner(self.preset.elf_machine, self.artifact / self.manifest.library, paths,
+                                       Path(work, "outputs"), spec)
+        return {spec_.name: value for spec_, value in zip(self.manifest.outputs, values)}, stats

@@ -1,0 +1,334 @@
+"""Benchmarks and runs over TVM's real RPC: a tracker and servers started as processes on 127.0.0.1.
+
+Every process is started in its own process group and killed with it (its PopenWorker and session
+children included) when the module ends, whatever the tests did. Failure cases assert the one-line
+message and a bound on the wall time: none may hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from compiler.bench import BenchSpec, LatencyStats, bench_rpc, random_inputs, run_rpc
+from compiler.cli import app
+from compiler.errors import RemoteError
+from compiler.rpc import RemoteModel, RemoteSpec, connect
+
+HOST = "127.0.0.1"
+STARTUP_S = 60  # a tracker or server imports TVM (seconds each on two cores) before it listens
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    """A `python -m MODULE ...` process group, logged to a file."""
+
+    def __init__(self, log: Path, module: str, *args: object):
+        self.log = log
+        with open(log, "wb") as out:
+            self.popen = subprocess.Popen([sys.executable, "-m", module, *map(str, args)], stdout=out,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        """SIGKILL the whole group: the process, its PopenWorker and any session it forked."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+    def check_alive(self) -> None:
+        assert self.popen.poll() is None, f"{self.popen.args} exited:\n{self.log.read_text()}"
+
+
+def wait_for(predicate: Callable[[], bool], what: str, process: Process, timeout_s: float = STARTUP_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        process.check_alive()
+        assert time.monotonic() < deadline, f"{what} not ready after {timeout_s} s:\n{process.log.read_text()}"
+        time.sleep(0.1)
+
+
+def accepts(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def tracker_summary(port: int) -> dict:
+    """TVM's own tracker client (not edgec's) reads the tracker's state."""
+    import tvm.rpc
+
+    tracker = tvm.rpc.connect_tracker(HOST, port)
+    try:
+        return tracker.summary()
+    finally:
+        tracker.close()
+
+
+def free_servers(port: int, key: str) -> int:
+    return tracker_summary(port)["queue_info"].get(key, {}).get("free", 0)
+
+
+@dataclass
+class Cluster:
+    tracker: int  # port
+    servers: dict[str, Process]  # key at the tracker -> server (one each)
+    standalone: int  # port of a server without tracker
+
+    def spec(self, key: str, timeout_s: float = 30) -> RemoteSpec:
+        return RemoteSpec(tracker=(HOST, self.tracker), key=key, timeout_s=timeout_s)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[Cluster]:
+    """A tracker with one server under each of three keys, and a standalone server."""
+    logs = tmp_path_factory.mktemp("rpc-logs")
+    started: list[Process] = []
+    try:
+        port = free_port()
+        tracker = Process(logs / "tracker.log", "tvm.exec.rpc_tracker", "--host", HOST, "--port", port, "--port-end", port + 1)
+        started.append(tracker)
+        wait_for(lambda: accepts(port), "the tracker", tracker)
+        servers = {}
+        for key in ("edge", "doomed-bench", "doomed-run"):
+            server_port = free_port()
+            servers[key] = Process(logs / f"server-{key}.log", "tvm.exec.rpc_server", "--tracker", f"{HOST}:{port}",
+                                   "--key", key, "--host", HOST, "--port", server_port, "--port-end", server_port + 1)
+            started.append(servers[key])
+        standalone = free_port()
+        alone = Process(logs / "standalone.log", "tvm.exec.rpc_server", "--host", HOST, "--port", standalone,
+                        "--port-end", standalone + 1)
+        started.append(alone)
+        for key, server in servers.items():
+            wait_for(lambda: free_servers(port, key) == 1, f"server '{key}'", server)  # noqa: B023
+        wait_for(lambda: accepts(standalone), "the standalone server", alone)
+        yield Cluster(port, servers, standalone)
+    finally:
+        for process in started:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Path:
+    from compiler.build import CompileOptions, compile_model
+    from compiler.frontends import import_onnx
+    from examples.onnx_cases import opset_model
+    from targets import resolve_target
+
+    out = tmp_path_factory.mktemp("rpc") / "opset13-host"
+    compile_model(import_onnx(opset_model(13)), CompileOptions(resolve_target("host")), out)
+    return out
+
+
+def one_line(err: pytest.ExceptionInfo) -> str:
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
+
+
+def test_tracker_down_says_how_to_start_it():
+    import tvm.rpc  # noqa: F401  (imported before the clock starts: importing TVM takes seconds)
+
+    port = free_port()
+    start = time.monotonic()
+    with pytest.raises(RemoteError) as err:
+        connect(RemoteSpec(tracker=(HOST, port), key="edge"))
+    assert one_line(err) == (
+        f"cannot reach the RPC tracker at 127.0.0.1:{port} (connection refused); "
+        f"start it with: python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {port}"
+    )
+    assert time.monotonic() - start < 2  # TVM's own connect_tracker retries for 60 s
+
+
+def test_key_without_server_waits_the_timeout_then_says_none_is_registered(cluster):
+    start = time.monotonic()
+    with pytest.raises(RemoteError) as err:
+        connect(cluster.spec("nobody", timeout_s=3))
+    elapsed = time.monotonic() - start
+    message = one_line(err)
+    assert f"no RPC server is registered under key 'nobody' at the tracker 127.0.0.1:{cluster.tracker}" in message
+    assert "waited 3 s; keys with servers: doomed-bench, doomed-run, edge" in message
+    assert f"python -m tvm.exec.rpc_server --tracker 127.0.0.1:{cluster.tracker} --key nobody" in message
+    assert 3 <= elapsed < 6
+
+
+def test_key_whose_only_server_is_busy_says_busy(cluster):
+    held = connect(cluster.spec("edge"))  # the only server under "edge" now serves this session
+    try:
+        assert tracker_summary(cluster.tracker)["queue_info"]["edge"] == {"free": 0, "pending": 0}
+        start = time.monotonic()
+        with pytest.raises(RemoteError) as err:
+            connect(cluster.spec("edge", timeout_s=3))
+        assert one_line(err) == (
+            f"all 1 device(s) under key 'edge' at the tracker 127.0.0.1:{cluster.tracker} are busy "
+            "(waited 3 s); retry when they are free or raise --timeout"
+        )
+        assert 3 <= time.monotonic() - start < 6
+    finally:
+        del held
+        gc.collect()
+    # The request given up on was withdrawn: the freed server goes back to the queue, unclaimed.
+    wait_for(lambda: free_servers(cluster.tracker, "edge") == 1, "the released server", cluster.servers["edge"], 15)
+
+
+def test_server_killed_mid_bench_fails_in_one_line(cluster, artifact):
+    result: dict[str, BaseException | LatencyStats] = {}
+
+    def long_bench() -> None:
+        try:
+            result["stats"] = bench_rpc(artifact, BenchSpec(warmup=0, runs=10**9), cluster.spec("doomed-bench"))
+        except RemoteError as err:
+            result["error"] = err
+
+    thread = threading.Thread(target=long_bench, daemon=True)
+    thread.start()
+    server = cluster.servers["doomed-bench"]
+    wait_for(lambda: free_servers(cluster.tracker, "doomed-bench") == 0, "the bench session", server, 30)
+    time.sleep(2)  # upload and load take well under a second: timing has started
+    killed = time.monotonic()
+    server.kill()
+    thread.join(15)
+    assert not thread.is_alive(), "bench_rpc hangs after its server died"
+    assert time.monotonic() - killed < 15
+    message = str(result["error"])
+    assert "\n" not in message
+    assert message.startswith(f"lost the RPC server under key 'doomed-bench' at the tracker 127.0.0.1:{cluster.tracker} while benchmarking")
+    assert message.endswith("the server crashed or was stopped: restart it and retry")
+
+
+def test_server_killed_between_load_and_run_fails_in_one_line(cluster, artifact):
+    with RemoteModel(artifact, cluster.spec("doomed-run")) as model:
+        inputs = random_inputs(model.manifest.inputs)
+        cluster.servers["doomed-run"].kill()
+        start = time.monotonic()
+        with pytest.raises(RemoteError) as err:
+            model.run(inputs)
+    assert one_line(err).startswith("lost the RPC server under key 'doomed-run'")
+    assert "while sending inputs" in str(err.value) and "restart it and retry" in str(err.value)
+    assert time.monotonic() - start < 5
+
+
+def test_bench_over_tracker_and_outputs_match_local(cluster, artifact):
+    from compiler.runtime import LocalModel
+
+    stats = bench_rpc(artifact, BenchSpec(warmup=3, runs=50), cluster.spec("edge"))
+    assert set(stats.to_json()) == {"runs", "warmup", "min", "mean", "p50", "p90", "p99", "max", "std"}
+    assert (stats.runs, stats.warmup) == (50, 3)
+    assert 0 < stats.min <= stats.p50 <= stats.p90 <= stats.p99 <= stats.max
+    assert stats.min <= stats.mean <= stats.max and stats.std >= 0
+
+    local = LocalModel(artifact)
+    inputs = random_inputs(local.manifest.inputs, seed=7)
+    remote = run_rpc(artifact, inputs, cluster.spec("edge"))
+    expected = local.run(inputs)
+    assert remote.keys() == expected.keys() == {"output"}
+    assert remote["output"].shape == (1, 5)
+    assert np.abs(remote["output"] - expected["output"]).max() < 1e-6
+
+
+def test_direct_server_without_tracker(cluster, artifact):
+    from compiler.runtime import LocalModel
+
+    spec = RemoteSpec(address=(HOST, cluster.standalone), timeout_s=30)
+    local = LocalModel(artifact)
+    inputs = random_inputs(local.manifest.inputs)
+    assert np.abs(run_rpc(artifact, inputs, spec)["output"] - local.run(inputs)["output"]).max() < 1e-6
+    stats = bench_rpc(artifact, BenchSpec(warmup=1, runs=10), spec)
+    assert stats.runs == 10 and stats.p50 <= stats.max
+
+
+def test_direct_server_busy_with_another_client_is_a_bounded_wait(cluster):
+    held = connect(RemoteSpec(address=(HOST, cluster.standalone)))
+    try:
+        start = time.monotonic()
+        with pytest.raises(RemoteError) as err:
+            connect(RemoteSpec(address=(HOST, cluster.standalone), timeout_s=2))
+        assert one_line(err).startswith(
+            f"the RPC server at 127.0.0.1:{cluster.standalone} accepted the connection but started no session within 2 s"
+        )
+        assert time.monotonic() - start < 4
+    finally:
+        del held
+        gc.collect()
+
+
+def test_direct_server_down_says_how_to_start_it():
+    port = free_port()
+    with pytest.raises(RemoteError) as err:
+        connect(RemoteSpec(address=(HOST, port)))
+    assert one_line(err) == (
+        f"cannot reach the RPC server at 127.0.0.1:{port} (connection refused); "
+        f"start it with: python -m tvm.exec.rpc_server --host 0.0.0.0 --port {port}"
+    )
+
+
+def edgec(*args: object, expect: int = 0) -> str:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    assert result.exit_code == expect, result.output
+    return result.output
+
+
+def one_line_error(*args: object) -> str:
+    output = edgec(*args, expect=2).strip()
+    assert output.startswith("error: ") and "\n" not in output, output
+    return output
+
+
+def test_cli_bench_over_rpc_as_json(cluster, artifact):
+    out = edgec("bench", artifact, "--device", "rpc", "--rpc-tracker", f"{HOST}:{cluster.tracker}", "--rpc-key", "edge",
+                "--warmup", 2, "--runs", 20, "--json")
+    report = json.loads(out)
+    assert report["device"] == {"kind": "rpc", "tracker": f"127.0.0.1:{cluster.tracker}", "key": "edge", "timeout_s": 60.0}
+    assert report["artifact"]["target"] == "host" and report["artifact"]["library"] == "model.so"
+    assert report["unit"] == "ms"
+    stats = report["stats"]
+    assert (stats["runs"], stats["warmup"]) == (20, 2)
+    assert stats["min"] <= stats["p50"] <= stats["p90"] <= stats["p99"] <= stats["max"]
+    direct = json.loads(edgec("bench", artifact, "--device", "rpc", "--rpc", f"{HOST}:{cluster.standalone}", "--runs", 5, "--json"))
+    assert direct["device"]["address"] == f"127.0.0.1:{cluster.standalone}" and direct["stats"]["runs"] == 5
+
+
+def test_cli_bench_local_prints_a_table(artifact):
+    lines = edgec("bench", artifact, "--runs", 10, "--warmup", 1).splitlines()
+    assert lines[0].endswith("(host) on local: 10 runs after 1 warm-up runs, ms")
+    assert lines[1].split() == ["min", "mean", "p50", "p90", "p99", "max", "std"]
+    values = [float(v) for v in lines[2].split()]
+    assert len(values) == 7 and values[0] <= values[2] <= values[3] <= values[4] <= values[5]
+
+
+def test_cli_bench_one_line_errors(artifact):
+    assert "bad --rpc-tracker 'nohost'; write HOST:PORT" in one_line_error(
+        "bench", artifact, "--device", "rpc", "--rpc-tracker", "nohost", "--rpc-key", "edge")
+    assert "bad --rpc '127.0.0.1:99999'" in one_line_error("bench", artifact, "--device", "rpc", "--rpc", "127.0.0.1:99999")
+    port = free_port()
+    assert f"cannot reach the RPC tracker at 127.0.0.1:{port} (connection refused)" in one_line_error(
+        "bench", artifact, "--device", "rpc", "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "edge")
+    assert "--rpc-tracker needs --rpc-key KEY" in one_line_error(
+        "bench", artifact, "--device", "rpc", "--rpc-tracker", f"127.0.0.1:{port}")
+    assert "not both" in one_line_error(
+        "bench", artifact, "--device", "rpc", "--rpc-tracker", "h:1", "--rpc-key", "k", "--rpc", "h:2")
+    assert "apply to --device rpc, not --device local" in one_line_error("bench", artifact, "--rpc", "h:2")
+    assert "--device qemu is not available yet" in one_line_error("bench", artifact, "--device", "qemu")
+    assert "--runs must be an integer >= 1, got 0" in one_line_error("bench", artifact, "--runs", 0)
