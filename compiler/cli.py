@@ -150,6 +150,19 @@ def bench_command(
     typer.echo("".join(f"{getattr(stats, name):>11.4g}" for name in columns))
 
 
+@app.command("package")
+def package_command(
+    artifact: Annotated[Path, typer.Argument(help="Artifact directory written by `edgec compile` (x86-64 or aarch64 CPU).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Bundle to write, e.g. model.tar.gz; its name names the bundle.")],
+) -> None:
+    """Package an artifact for a firmware build: model, runtime, runner, C header, CMake fragment."""
+    from compiler.package import package_artifact
+
+    with user_errors(), console.status(f"packaging {artifact}"):
+        files = package_artifact(artifact, output)
+    typer.echo(f"wrote {output}: {len(files)} files, {output.stat().st_size / 1e6:.1f} MB")
+
+
 @app.command("targets")
 def targets_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the registry as JSON.")] = False,

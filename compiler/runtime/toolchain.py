@@ -211,18 +211,19 @@ def build_runner(arch: str) -> Path:
         raise ToolchainError(f"the C++ compiler '{compiler}' that builds the {arch} runner is not installed; "
                              f"install it with: apt-get install {preset.apt_package}")
     libs = runtime_libraries(arch)
-    key = json.dumps([RUNNER_SOURCE.read_text(), arch, compiler, _versions(), [str(d) for d in libs.lib_dirs]])
+    # RUNPATH names no directory of this machine: a bundle finds its libraries beside or below the
+    # runner (usr/bin + usr/lib); runs from the cache get LD_LIBRARY_PATH (runner_command)
+    command = [compiler, "-std=c++17", "-O2", f"-I{libs.include_dir}", str(RUNNER_SOURCE), "-o", "{output}",
+               *(f"-L{d}" for d in libs.lib_dirs), "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi",
+               "-Wl,-rpath,$ORIGIN:$ORIGIN/../lib"]
+    key = json.dumps([RUNNER_SOURCE.read_text(), arch, _versions(), command])
     binary = cache_dir() / "runner" / f"{arch}-{hashlib.sha256(key.encode()).hexdigest()[:16]}" / RUNNER_NAME
     if binary.is_file():
         return binary
     binary.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{RUNNER_NAME}.", dir=binary.parent)
     os.close(fd)
-    # $ORIGIN/../lib: the bundle's usr/bin + usr/lib layout; the cache's dirs: running from the cache
-    rpath = ":".join(["$ORIGIN", "$ORIGIN/../lib", *map(str, libs.lib_dirs)])
-    command = [compiler, "-std=c++17", "-O2", f"-I{libs.include_dir}", str(RUNNER_SOURCE), "-o", tmp,
-               *(f"-L{d}" for d in libs.lib_dirs), "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi",
-               f"-Wl,-rpath,{rpath}"]
+    command = [tmp if part == "{output}" else part for part in command]
     try:
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
@@ -241,13 +242,13 @@ def build_runner(arch: str) -> Path:
 def runner_command(arch: str, binary: Path) -> list[str]:
     """The command prefix that executes `binary`: itself, or qemu with the target sysroot and libraries."""
     preset = _arch_preset(arch)
+    lib_path = f"LD_LIBRARY_PATH={':'.join(map(str, runtime_libraries(arch).lib_dirs))}"
     if preset.elf_machine == machine_arch():
-        return [str(binary)]
+        return ["env", lib_path, str(binary)]
     execution = preset.execution_here()
     if execution.mode != "qemu":
         raise ToolchainError(f"cannot run the {arch} runner here: {execution.reason}")
-    lib_path = ":".join(map(str, runtime_libraries(arch).lib_dirs))
-    return [preset.emulator, "-L", preset.emulator_sysroot, "-E", f"LD_LIBRARY_PATH={lib_path}", str(binary)]
+    return [preset.emulator, "-L", preset.emulator_sysroot, "-E", lib_path, str(binary)]
 
 
 def run_runner(

@@ -114,7 +114,7 @@ def test_runner_reads_npy_format_2(conv, host_runner, tmp_path):
 
 def test_bench_json_line(conv, host_runner, tmp_path):
     artifact, _, _, paths = conv
-    result = subprocess.run([str(host_runner), str(artifact / "model.so"), "--input", str(paths[0]),
+    result = subprocess.run([*runner_command("x86_64", host_runner), str(artifact / "model.so"), "--input", str(paths[0]),
                              "--bench", "--warmup", "2", "--runs", "25"], capture_output=True, text=True, check=True)
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1
@@ -138,7 +138,7 @@ def test_bad_input_exits_2_with_one_line(conv, host_runner, tmp_path, array, mes
     artifact, _, _, _ = conv
     bad = tmp_path / "bad.npy"
     np.save(bad, array)
-    result = subprocess.run([str(host_runner), str(artifact / "model.so"), "--input", str(bad),
+    result = subprocess.run([*runner_command("x86_64", host_runner), str(artifact / "model.so"), "--input", str(bad),
                              "--output-dir", str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -150,7 +150,7 @@ def test_usage_errors_exit_2(conv, host_runner):
     artifact, _, _, paths = conv
     for args in ([], [str(artifact / "model.so"), "--input", str(paths[0])], ["--runs", "0", "--bench"],
                  [str(artifact / "missing.so"), "--bench"]):
-        result = subprocess.run([str(host_runner), *args], capture_output=True, text=True)
+        result = subprocess.run([*runner_command("x86_64", host_runner), *args], capture_output=True, text=True)
         assert result.returncode == 2 and result.stderr.startswith("edgec-runner: "), args
 
 
