@@ -89,8 +89,8 @@ def bench(artifact: Path, spec: BenchSpec, device: str = "local", remote: Remote
         if remote is None:
             raise BenchError("--device rpc needs --rpc-tracker HOST:PORT --rpc-key KEY, or --rpc HOST:PORT")
         return bench_rpc(artifact, spec, remote)
-    if device == "qemu":  # served by the C++ runner (compiler/runtime) once it reports per-run samples
-        raise BenchError("bench --device qemu is not available yet; use --device local or --device rpc")
+    if device == "qemu":
+        return bench_emulated(artifact, spec)
     raise BenchError(f"unknown device '{device}'; choose from: {', '.join(DEVICES)}")
 
 
@@ -106,11 +106,18 @@ def bench_local(artifact: Path, spec: BenchSpec) -> LatencyStats:
     return LatencyStats.from_samples([s * 1e3 for s in seconds], spec.warmup)
 
 
+def bench_emulated(artifact: Path, spec: BenchSpec) -> LatencyStats:
+    """Benchmark an aarch64 artifact with the C++ runner under qemu: proves it runs; not the device's speed."""
+    from compiler.runtime import EmulatedModel
+
+    model = EmulatedModel(artifact)
+    return model.bench(random_inputs(model.manifest.inputs), spec)
+
+
 def bench_rpc(artifact: Path, spec: BenchSpec, remote: RemoteSpec) -> LatencyStats:
     """Benchmark on the RPC server `remote` names; the runs are timed on the device itself."""
     with RemoteModel(artifact, remote) as model:
-        model.set_inputs(random_inputs(model.manifest.inputs))
-        seconds = model.latencies(spec.warmup, spec.runs)
+        seconds = model.latencies(random_inputs(model.manifest.inputs), repeat=spec.runs, warmup=spec.warmup)
     return LatencyStats.from_samples([s * 1e3 for s in seconds], spec.warmup)
 
 

@@ -29,18 +29,18 @@ console = Console(stderr=True, highlight=False)
 
 
 class Device(str, enum.Enum):
-    """Where `run` executes an artifact (mirrors compiler.runtime.DEVICES)."""
+    """Where `run` and `bench` execute an artifact (compiler.bench.DEVICES)."""
 
     local = "local"
     qemu = "qemu"
-
-
-class BenchDevice(str, enum.Enum):
-    """Where `bench` times an artifact (mirrors compiler.bench.DEVICES)."""
-
-    local = "local"
     rpc = "rpc"
-    qemu = "qemu"
+
+
+DeviceOption = Annotated[Device, typer.Option("--device", "-d", help="local: this CPU, in this process; qemu: the C++ runner under qemu-user (aarch64 artifacts); rpc: a TVM RPC server, through a tracker or directly.")]
+RpcTrackerOption = Annotated[Optional[str], typer.Option("--rpc-tracker", help="HOST:PORT of the RPC tracker (with --rpc-key).")]
+RpcKeyOption = Annotated[Optional[str], typer.Option("--rpc-key", help="Device key the RPC servers registered with at the tracker.")]
+RpcOption = Annotated[Optional[str], typer.Option("--rpc", help="HOST:PORT of one RPC server, without a tracker.")]
+TimeoutOption = Annotated[float, typer.Option("--timeout", help="Seconds to wait for the tracker, a free device and its session.")]
 
 
 @contextlib.contextmanager
@@ -84,14 +84,24 @@ def run_command(
     artifact: Annotated[Path, typer.Argument(help="Artifact directory written by `edgec compile`.")],
     input: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="NAME=FILE.npy (or FILE.npy for a single-input model); repeatable.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write outputs to this .npz, keyed by output name.")] = None,
-    device: Annotated[Device, typer.Option("--device", "-d", help="local: in this process on this CPU; qemu: the C++ runner under qemu-user (aarch64 artifacts).")] = Device.local,
+    device: DeviceOption = Device.local,
+    rpc_tracker: RpcTrackerOption = None,
+    rpc_key: RpcKeyOption = None,
+    rpc: RpcOption = None,
+    timeout: TimeoutOption = 60.0,
 ) -> None:
-    """Run an artifact with inputs from .npy files, here or under emulation."""
+    """Run an artifact with inputs from .npy files: here, under emulation, or on a device over RPC."""
+    from compiler.artifact import read_manifest
+    from compiler.bench import run_rpc
     from compiler.runtime import open_model, read_input_files, write_outputs
 
     with user_errors():
-        model = open_model(artifact, device.value)
-        outputs = model.run(read_input_files(model.manifest.inputs, input or []))
+        remote = _remote_spec(device, rpc_tracker, rpc_key, rpc, timeout)
+        if remote is None:
+            model = open_model(artifact, device.value)
+            outputs = model.run(read_input_files(model.manifest.inputs, input or []))
+        else:
+            outputs = run_rpc(artifact, read_input_files(read_manifest(artifact).inputs, input or []), remote)
         if output is not None:
             write_outputs(output, outputs)
     for name, value in outputs.items():
@@ -103,33 +113,22 @@ def run_command(
 @app.command("bench")
 def bench_command(
     artifact: Annotated[Path, typer.Argument(help="Artifact directory written by `edgec compile`.")],
-    device: Annotated[BenchDevice, typer.Option("--device", "-d", help="local: this CPU, in this process; rpc: a TVM RPC server, through a tracker or directly; qemu: not yet.")] = BenchDevice.local,
-    rpc_tracker: Annotated[Optional[str], typer.Option("--rpc-tracker", help="HOST:PORT of the RPC tracker (with --rpc-key).")] = None,
-    rpc_key: Annotated[Optional[str], typer.Option("--rpc-key", help="Device key the RPC servers registered with at the tracker.")] = None,
-    rpc: Annotated[Optional[str], typer.Option("--rpc", help="HOST:PORT of one RPC server, without a tracker.")] = None,
+    device: DeviceOption = Device.local,
+    rpc_tracker: RpcTrackerOption = None,
+    rpc_key: RpcKeyOption = None,
+    rpc: RpcOption = None,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs before timing.")] = 10,
     runs: Annotated[int, typer.Option("--runs", help="Timed runs, one latency sample each.")] = 100,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the tracker, a free device and its session.")] = 60.0,
+    timeout: TimeoutOption = 60.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: artifact, device and latency stats.")] = False,
 ) -> None:
     """Time an artifact's single runs (min, mean, p50, p90, p99, max, std in ms) here or on a remote device."""
     from compiler.artifact import read_manifest
     from compiler.bench import BenchSpec, bench
-    from compiler.errors import BenchError
-    from compiler.rpc import RemoteSpec, parse_host_port
 
     with user_errors():
         spec = BenchSpec(warmup=warmup, runs=runs)
-        remote = None
-        if device is BenchDevice.rpc:
-            remote = RemoteSpec(
-                tracker=parse_host_port(rpc_tracker, "--rpc-tracker") if rpc_tracker else None,
-                key=rpc_key,
-                address=parse_host_port(rpc, "--rpc") if rpc else None,
-                timeout_s=timeout,
-            )
-        elif rpc_tracker or rpc_key or rpc:
-            raise BenchError(f"--rpc-tracker, --rpc-key and --rpc apply to --device rpc, not --device {device.value}")
+        remote = _remote_spec(device, rpc_tracker, rpc_key, rpc, timeout)
         manifest = read_manifest(artifact)
         where = remote.describe() if remote else device.value
         with console.status(f"benchmarking {artifact.name} on {where}"):
@@ -148,6 +147,23 @@ def bench_command(
     columns = ("min", "mean", "p50", "p90", "p99", "max", "std")
     typer.echo("".join(f"{name:>11}" for name in columns))
     typer.echo("".join(f"{getattr(stats, name):>11.4g}" for name in columns))
+
+
+def _remote_spec(device: Device, tracker: str | None, key: str | None, address: str | None, timeout: float):
+    """The RPC server to use for `--device rpc` (None for other devices, which take no RPC flags)."""
+    from compiler.errors import BenchError
+    from compiler.rpc import RemoteSpec, parse_host_port
+
+    if device is not Device.rpc:
+        if tracker or key or address:
+            raise BenchError(f"--rpc-tracker, --rpc-key and --rpc apply to --device rpc, not --device {device.value}")
+        return None
+    return RemoteSpec(
+        tracker=parse_host_port(tracker, "--rpc-tracker") if tracker else None,
+        key=key,
+        address=parse_host_port(address, "--rpc") if address else None,
+        timeout_s=timeout,
+    )
 
 
 @app.command("package")

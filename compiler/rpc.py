@@ -10,11 +10,11 @@ is serving another client blocks until that session ends. Here each is bounded b
 
 from __future__ import annotations
 
-import contextlib
+import gc
 import socket
 import struct
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,10 @@ from compiler.artifact import read_manifest, verify_files
 from compiler.errors import RemoteError
 from targets import Preset
 
-# Messages of the tvm.error.InternalError that the RPC socket channel raises when the server is gone.
-_DISCONNECTED = ("kShutdown", "SockChannel::", "Broken pipe", "Connection reset")
+# What the tvm.error.InternalError says when the server is gone: the reply to a call was a shutdown
+# ("Check failed: (code == RPCCode::kReturn) is false: code=kShutdown", or "code=1"), or the socket
+# channel failed ("Socket SockChannel::Send Error:Broken pipe").
+_DISCONNECTED = ("RPCCode::kReturn", "kShutdown", "SockChannel::", "Broken pipe", "Connection reset")
 
 
 @dataclass(frozen=True)
@@ -105,22 +107,34 @@ class RemoteModel:
         self.where = remote.describe()
         self._session = connect(remote)
         library = self.artifact / self.manifest.library
-        with self._step(f"uploading {library.name}"):
-            self._session.upload(str(library), self.manifest.library)
-        with self._step(f"loading {library.name}", hint=f"is the device a {self.preset.name} ({self.preset.triple})?"):
-            module = self._session.load_module(self.manifest.library)
-            self.device = self._session.device(self.preset.device)
-            self._vm = relax.VirtualMachine(module, self.device)
+        try:
+            with self._step(f"uploading {library.name}"):
+                self._session.upload(str(library), self.manifest.library)
+            with self._step(f"loading {library.name}", hint=f"is the device a {self.preset.name} ({self.preset.triple})?"):
+                self.device = self._session.device(self.preset.device)
+                self._vm = relax.VirtualMachine(self._session.load_module(self.manifest.library), self.device)
+        except BaseException:
+            self.close()
+            raise
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once on the device; outputs come back keyed by the manifest's output names."""
-        self.set_inputs(inputs)
+        self._set_inputs(inputs)
         with self._step("running main"):
             self._vm.invoke_stateful("main")
             values = _flatten(self._vm.get_outputs("main"))
             return {spec.name: value.numpy() for spec, value in zip(self.manifest.outputs, values)}
 
-    def set_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
+    def latencies(self, inputs: Mapping[str, np.ndarray], repeat: int, warmup: int = 0) -> list[float]:
+        """Seconds per run, one sample per run, timed on the device after `warmup` untimed runs."""
+        self._set_inputs(inputs)
+        with self._step("benchmarking"):
+            for _ in range(warmup):
+                self._vm.invoke_stateful("main")
+            timer = self._vm.time_evaluator("invoke_stateful", self.device, number=1, repeat=repeat, min_repeat_ms=0)
+            return list(timer("main").results)
+
+    def _set_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
         import tvm
 
         from compiler.runtime import check_inputs
@@ -129,18 +143,15 @@ class RemoteModel:
             tensors = [tvm.runtime.tensor(a, self.device) for a in check_inputs(self.manifest.inputs, inputs)]
             self._vm.set_input("main", *tensors)
 
-    def latencies(self, warmup: int, repeat: int) -> list[float]:
-        """Seconds per run of the inputs last set, one sample per run, timed on the device after
-        `warmup` untimed runs."""
-        with self._step("benchmarking"):
-            for _ in range(warmup):
-                self._vm.invoke_stateful("main")
-            timer = self._vm.time_evaluator("invoke_stateful", self.device, number=1, repeat=repeat, min_repeat_ms=0)
-            return list(timer("main").results)
-
     def close(self) -> None:
-        """End the session (the server is free for the next client once every handle is gone)."""
+        """End the session now: the server serves one client at a time.
+
+        The session lasts while any remote handle does, and reference cycles hold some (the closure
+        in `VirtualMachine.get_outputs`; frames that tracebacks kept alive while torch was first
+        imported): hence the collection after dropping ours.
+        """
         self._vm = self.device = self._session = None
+        gc.collect()
 
     def __enter__(self) -> RemoteModel:
         return self
@@ -148,24 +159,41 @@ class RemoteModel:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def _step(self, step: str, hint: str = "") -> Iterator[None]:
-        """Translate what TVM raises when the server dies, expires or fails into one line."""
+    def _step(self, step: str, hint: str = "") -> _RemoteStep:
+        return _RemoteStep(self.where, step, hint)
+
+
+class _RemoteStep:
+    """A context that turns what TVM raises when the server dies, expires or fails into one line.
+
+    The TVM error is chained without its traceback (which `__exit__` also lets go of): the frames
+    below hold the session, which would keep the server busy while the caller keeps the error.
+    """
+
+    def __init__(self, where: str, step: str, hint: str):
+        self.where, self.step, self.hint = where, step, hint
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, err: BaseException | None, tb: Any) -> bool:
+        del tb
+        message = None if err is None else self._message(err)
+        if message is None:
+            return False
+        raise RemoteError(message) from err.with_traceback(None)
+
+    def _message(self, err: BaseException) -> str | None:
         import tvm
 
-        try:
-            yield
-        except tvm.error.RPCSessionTimeoutError as err:
-            raise RemoteError(f"the session with {self.where} expired while {step}: {_last_line(err)}") from err
-        except tvm.error.RPCError as err:  # raised on the server and sent back
-            raise RemoteError(f"{self.where} failed while {step}: {_last_line(err)}{'; ' + hint if hint else ''}") from err
-        except tvm.error.InternalError as err:
-            if not any(marker in str(err) for marker in _DISCONNECTED):
-                raise
-            raise RemoteError(
-                f"lost {self.where} while {step}: the connection closed ({_last_line(err)}); "
-                "the server crashed or was stopped: restart it and retry"
-            ) from err
+        if isinstance(err, tvm.error.RPCSessionTimeoutError):
+            return f"the session with {self.where} expired while {self.step}: {_last_line(err)}"
+        if isinstance(err, tvm.error.RPCError):  # raised on the server and sent back
+            return f"{self.where} failed while {self.step}: {_last_line(err)}{'; ' + self.hint if self.hint else ''}"
+        if isinstance(err, tvm.error.InternalError) and any(marker in str(err) for marker in _DISCONNECTED):
+            return (f"lost {self.where} while {self.step}: the connection closed ({_last_line(err)}); "
+                    "the server crashed or was stopped: restart it and retry")
+        return None
 
 
 class _Tracker:
@@ -268,23 +296,30 @@ def _open_session(address: tuple[str, int], match_key: str, spec: RemoteSpec, wh
     """`tvm.rpc.connect` in a helper thread, given up after `spec.timeout_s`.
 
     A server that serves another client accepts the TCP connection but answers the handshake only
-    once that session ends. A thread given up on ends by itself then, dropping its session.
+    once that session ends. A thread given up on ends by itself then, dropping the session it got.
     """
     import tvm
     from tvm import rpc
 
     attempt: dict[str, Any] = {}
+    lock, given_up = threading.Lock(), threading.Event()
 
     def run() -> None:
         try:
-            attempt["session"] = rpc.connect(address[0], address[1], match_key, session_timeout=spec.session_timeout_s)
+            outcome = {"session": rpc.connect(address[0], address[1], match_key, session_timeout=spec.session_timeout_s)}
         except (tvm.error.InternalError, tvm.error.RPCError, OSError) as err:
-            attempt["error"] = err
+            outcome = {"error": err}
+        with lock:
+            if not given_up.is_set():
+                attempt.update(outcome)
 
     thread = threading.Thread(target=run, name=f"edgec-rpc-connect-{_show(address)}", daemon=True)
     thread.start()
     thread.join(spec.timeout_s)
-    if thread.is_alive():
+    with lock:
+        if not attempt:
+            given_up.set()
+    if given_up.is_set():
         raise RemoteError(
             f"{where} accepted the connection but started no session within {spec.timeout_s:g} s: it serves one "
             "client at a time and is busy, or it is not a TVM RPC server; retry later or raise --timeout"

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from compiler.runtime.common import check_inputs, open_verified
-from compiler.runtime.toolchain import BenchSpec, BenchStats, run_runner
+from compiler.bench import BenchSpec, LatencyStats
+from compiler.runtime.toolchain import run_runner
 
 
 class EmulatedModel:
@@ -23,12 +24,12 @@ class EmulatedModel:
         outputs, _ = self._run(check_inputs(self.manifest.inputs, inputs), None)
         return outputs
 
-    def bench(self, inputs: Mapping[str, np.ndarray], spec: BenchSpec) -> BenchStats:
+    def bench(self, inputs: Mapping[str, np.ndarray], spec: BenchSpec) -> LatencyStats:
         _, stats = self._run(check_inputs(self.manifest.inputs, inputs), spec)
         assert stats is not None
         return stats
 
-    def _run(self, arrays: list[np.ndarray], spec: BenchSpec | None) -> tuple[dict[str, np.ndarray], BenchStats | None]:
+    def _run(self, arrays: list[np.ndarray], spec: BenchSpec | None) -> tuple[dict[str, np.ndarray], LatencyStats | None]:
         with tempfile.TemporaryDirectory(prefix="edgec-run-") as work:
             paths = [Path(work, f"input{i}.npy") for i in range(len(arrays))]
             for path, array in zip(paths, arrays):

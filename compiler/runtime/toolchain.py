@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.errors import InputError, RunnerError, ToolchainError
+from compiler.bench import BenchSpec, LatencyStats
+from compiler.errors import RunnerError, ToolchainError
 from targets import Preset
 from targets.registry import machine_arch
 
@@ -55,35 +56,6 @@ class RuntimeLibs:
     def lib_dirs(self) -> tuple[Path, ...]:
         """Directories holding the two libraries (one for a fetched runtime, two for the installed wheels)."""
         return tuple(dict.fromkeys([self.tvm_runtime.parent, self.tvm_ffi.parent]))
-
-
-@dataclass(frozen=True)
-class BenchSpec:
-    """Benchmark mode: `warmup` untimed runs, then `runs` timed ones."""
-
-    warmup: int = 3
-    runs: int = 20
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise InputError(f"warmup must be an integer >= 0, got {self.warmup!r}")
-        if not isinstance(self.runs, int) or self.runs < 1:
-            raise InputError(f"runs must be an integer >= 1, got {self.runs!r}")
-
-
-@dataclass(frozen=True)
-class BenchStats:
-    """Latency over the timed runs, in milliseconds (percentiles interpolate linearly, like numpy)."""
-
-    runs: int
-    warmup: int
-    min: float
-    mean: float
-    p50: float
-    p90: float
-    p99: float
-    max: float
-    std: float
 
 
 # ------------------------------------------------------------------------------------ runtime libs
@@ -259,7 +231,7 @@ def run_runner(
     bench: BenchSpec | None = None,
     *,
     timeout: float = 600.0,
-) -> tuple[list[np.ndarray], BenchStats | None]:
+) -> tuple[list[np.ndarray], LatencyStats | None]:
     """Run `library` once (and benchmark it if `bench`) with the runner; outputs in `output_dir`/output<i>.npy.
 
     Earlier output<i>.npy files in `output_dir` are removed first, so the outputs returned are this run's.
@@ -281,7 +253,7 @@ def run_runner(
     if result.returncode != 0:
         raise RuntimeError(f"the {arch} runner crashed (exit code {result.returncode}):\n{result.stderr}")
     outputs = [np.load(path) for path in _output_files(output_dir)]
-    stats = BenchStats(**json.loads(result.stdout.strip().splitlines()[-1])) if bench is not None else None
+    stats = LatencyStats(**json.loads(result.stdout.strip().splitlines()[-1])) if bench is not None else None
     return outputs, stats
 
 

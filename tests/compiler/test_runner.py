@@ -12,11 +12,12 @@ import pytest
 from onnx import TensorProto, helper
 
 from compiler.build import CompileOptions, compile_model
-from compiler.errors import InputError, ToolchainError
+from compiler.bench import BenchSpec
+from compiler.errors import BenchError, InputError, ToolchainError
 from compiler.frontends import import_onnx
 from compiler.runtime import LocalModel
 from compiler.runtime.toolchain import (
-    BenchSpec, RunnerError, build_runner, run_runner, runner_command, runtime_libraries,
+    RunnerError, build_runner, run_runner, runner_command, runtime_libraries,
 )
 from examples import onnx_cases
 from targets import resolve_target
@@ -186,7 +187,7 @@ def test_aarch64_runtime_needs_only_the_fetched_libs_and_sysroot(aarch64_runner)
 
 @pytest.mark.parametrize("kwargs", [{"runs": 0}, {"warmup": -1}, {"runs": 2.5}])
 def test_bench_spec_validates(kwargs):
-    with pytest.raises(InputError):
+    with pytest.raises(BenchError):
         BenchSpec(**kwargs)
 
 

@@ -1,0 +1,107 @@
+"""compiler/bench.py and the settings of compiler/rpc.py, without any RPC process (see test_rpc.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compiler.bench import BenchSpec, LatencyStats, bench, bench_local, random_inputs
+from compiler.errors import ArtifactError, BenchError, RemoteError
+from compiler.frontends import TensorSpec
+from compiler.rpc import RemoteSpec, parse_host_port
+
+
+def test_stats_are_numpy_percentiles_of_the_samples():
+    samples = [5.0, 1.0, 2.0, 3.0, 4.0, 100.0, 2.5, 2.0, 1.5, 3.5]
+    stats = LatencyStats.from_samples(samples, warmup=4)
+    p50, p90, p99 = np.percentile(samples, [50, 90, 99])
+    assert (stats.runs, stats.warmup) == (10, 4)
+    assert (stats.min, stats.max) == (1.0, 100.0)
+    assert stats.p50 == pytest.approx(p50) and stats.p90 == pytest.approx(p90) and stats.p99 == pytest.approx(p99)
+    assert stats.p50 == pytest.approx(2.75) and stats.p90 == pytest.approx(14.5)  # linear interpolation
+    assert stats.mean == pytest.approx(12.45) and stats.std == pytest.approx(np.std(samples))
+    assert stats.to_json() == {"runs": 10, "warmup": 4, "min": 1.0, "mean": stats.mean, "p50": stats.p50,
+                               "p90": stats.p90, "p99": stats.p99, "max": 100.0, "std": stats.std}
+    one = LatencyStats.from_samples([0.5], warmup=0)
+    assert one.min == one.p50 == one.p99 == one.max == 0.5 and one.std == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"warmup": -1}, "--warmup must be an integer >= 0, got -1"),
+     ({"runs": 0}, "--runs must be an integer >= 1, got 0"),
+     ({"runs": 2.5}, "--runs must be an integer >= 1, got 2.5")],
+)
+def test_bench_spec_rejects_out_of_range_counts(kwargs, message):
+    with pytest.raises(BenchError, match=message):
+        BenchSpec(**kwargs)
+    assert BenchSpec() == BenchSpec(warmup=10, runs=100)
+
+
+def test_random_inputs_are_seeded_and_match_the_specs():
+    specs = (TensorSpec("x", (1, 3, 4, 4), "float32"), TensorSpec("ids", (2, 5), "int64"), TensorSpec("mask", (5,), "bool"))
+    first, again, other = random_inputs(specs), random_inputs(specs), random_inputs(specs, seed=1)
+    for spec in specs:
+        assert first[spec.name].shape == spec.shape and str(first[spec.name].dtype) == spec.dtype
+        np.testing.assert_array_equal(first[spec.name], again[spec.name])
+    assert not np.array_equal(first["x"], other["x"])
+    assert 0 <= first["ids"].min() and first["ids"].max() < 8
+    with pytest.raises(BenchError, match="dtype complex64"):
+        random_inputs((TensorSpec("z", (2,), "complex64"),))
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [("127.0.0.1:9190", ("127.0.0.1", 9190)), ("board.local:9090", ("board.local", 9090)), ("[::1]:9190", ("::1", 9190))],
+)
+def test_parse_host_port(text, address):
+    assert parse_host_port(text) == address
+
+
+@pytest.mark.parametrize("text", ["9190", "host", ":9190", "host:", "host:port", "host:0", "host:70000", "host:-1"])
+def test_parse_host_port_rejects_in_one_line(text):
+    with pytest.raises(RemoteError) as err:
+        parse_host_port(text, "--rpc-tracker")
+    assert str(err.value) == f"bad --rpc-tracker '{text}'; write HOST:PORT, e.g. 127.0.0.1:9190"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({}, "no RPC server given; pass --rpc-tracker HOST:PORT --rpc-key KEY, or --rpc HOST:PORT"),
+     ({"tracker": ("h", 1)}, "--rpc-tracker needs --rpc-key KEY"),
+     ({"key": "k"}, "--rpc-key needs --rpc-tracker HOST:PORT"),
+     ({"tracker": ("h", 1), "key": "k", "address": ("h", 2)}, "not both"),
+     ({"address": ("h", 2), "timeout_s": 0}, "--timeout must be more than 0 seconds, got 0")],
+)
+def test_remote_spec_needs_tracker_and_key_or_an_address(kwargs, message):
+    with pytest.raises(RemoteError, match=message):
+        RemoteSpec(**kwargs)
+
+
+def test_remote_spec_describes_itself():
+    tracked = RemoteSpec(tracker=("10.0.0.2", 9190), key="rk3588")
+    assert tracked.describe() == "the RPC server under key 'rk3588' at the tracker 10.0.0.2:9190"
+    assert tracked.to_json() == {"tracker": "10.0.0.2:9190", "key": "rk3588", "timeout_s": 60.0}
+    assert RemoteSpec(address=("::1", 9090)).to_json()["address"] == "[::1]:9090"
+
+
+def test_bench_local_times_single_runs(compiled):
+    stats = bench_local(compiled("digits", "onnx", "host"), BenchSpec(warmup=2, runs=25))
+    assert (stats.runs, stats.warmup) == (25, 2)
+    assert 0 < stats.min <= stats.p50 <= stats.p90 <= stats.p99 <= stats.max
+
+
+def test_bench_under_qemu_times_single_runs_of_the_aarch64_runner(compiled):
+    stats = bench(compiled("digits", "onnx", "cortex-a72"), BenchSpec(warmup=1, runs=12), "qemu")
+    assert (stats.runs, stats.warmup) == (12, 1)
+    assert 0 < stats.min <= stats.p50 <= stats.p90 <= stats.p99 <= stats.max
+
+
+def test_bench_device_choices(compiled):
+    artifact = compiled("digits", "onnx", "host")
+    with pytest.raises(ArtifactError, match="use --device local"):
+        bench(artifact, BenchSpec(), "qemu")
+    with pytest.raises(BenchError, match="needs --rpc-tracker"):
+        bench(artifact, BenchSpec(), "rpc")
+    with pytest.raises(BenchError, match="unknown device 'gpu'; choose from: local, rpc, qemu"):
+        bench(artifact, BenchSpec(), "gpu")
