@@ -1,4 +1,4 @@
-"""Shared test helpers: run a Relax module on the host CPU with TVM's default lowering."""
+"""Shared test helpers: run a Relax module on the host CPU; drive the `edgec` command."""
 
 from __future__ import annotations
 
@@ -32,3 +32,22 @@ def op_names(mod) -> set[str]:
         if isinstance(func, relax.Function):
             relax.analysis.post_order_visit(func, visit)
     return names
+
+
+def edgec(*args: object, expect: int = 0) -> str:
+    """Invoke the CLI in-process; no traceback may reach the user, and the exit code must be `expect`."""
+    from typer.testing import CliRunner
+
+    from compiler.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    assert result.exit_code == expect, result.output
+    return result.output
+
+
+def one_line_error(*args: object) -> str:
+    """Invoke the CLI expecting a user error: exit code 2 and a single `error: ...` line."""
+    output = edgec(*args, expect=2).strip()
+    assert output.startswith("error: ") and "\n" not in output, output
+    return output

@@ -6,22 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
-from compiler.cli import app
-
-
-def edgec(*args: str, expect: int = 0) -> str:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output
-    assert result.exit_code == expect, result.output
-    return result.output
-
-
-def one_line_error(*args: str) -> str:
-    output = edgec(*args, expect=2).strip()
-    assert output.startswith("error: ") and "\n" not in output, output
-    return output
+from tests.helpers import edgec, one_line_error
 
 
 def test_compile_then_run_matches_onnxruntime(example, tmp_path):

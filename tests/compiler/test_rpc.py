@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from compiler.bench import BenchSpec, LatencyStats, bench_rpc, random_inputs, run_rpc
-from compiler.cli import app
 from compiler.errors import RemoteError
 from compiler.rpc import RemoteModel, RemoteSpec, connect
+from tests.helpers import edgec, one_line_error
 
 HOST = "127.0.0.1"
 STARTUP_S = 60  # a tracker or server imports TVM (seconds each on two cores) before it listens
@@ -301,19 +300,6 @@ def test_direct_server_down_says_how_to_start_it():
         f"cannot reach the RPC server at 127.0.0.1:{port} (connection refused); "
         f"start it with: python -m tvm.exec.rpc_server --host 0.0.0.0 --port {port}"
     )
-
-
-def edgec(*args: object, expect: int = 0) -> str:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output
-    assert result.exit_code == expect, result.output
-    return result.output
-
-
-def one_line_error(*args: object) -> str:
-    output = edgec(*args, expect=2).strip()
-    assert output.startswith("error: ") and "\n" not in output, output
-    return output
 
 
 def test_cli_bench_over_rpc_as_json(cluster, artifact):
