@@ -1,0 +1,136 @@
+"""Accuracy guard: how far a compiled artifact is from its float reference, and how accurate it is.
+
+`--eval-data FILE.npz` holds one array per model input, keyed by input name, with the samples stacked on
+a new leading axis (shape (N, *input_shape)); a batch-1 model also takes (N, *input_shape[1:])). An
+optional `label` array (N,) of class indices gives top-1 accuracy. The reference is the float model the
+artifact was compiled from (ONNX through onnxruntime, .pt2 through PyTorch), or `--reference MODEL`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compiler.artifact import sha256_file
+from compiler.errors import InputError
+from compiler.frontends import TensorSpec
+
+LABEL_KEY = "label"
+Runner = Callable[[Mapping[str, np.ndarray]], Sequence[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    samples: int
+    top1_accuracy: float | None  # against labels, when given
+    reference_top1_accuracy: float | None
+    top1_agreement: float  # artifact's top-1 equals the reference's, first output
+    sqnr_db: float  # signal-to-quantization-noise ratio of all outputs against the reference
+    max_abs_diff: float
+    reference: str
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["sqnr_db"] = None if math.isinf(self.sqnr_db) else self.sqnr_db  # JSON has no infinity
+        return data
+
+
+def load_eval_data(path: Path, specs: Sequence[TensorSpec]) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
+    """Split FILE.npz into per-sample input dicts (checked against `specs`) and the optional labels."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"evaluation data '{path}' does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (ValueError, OSError) as err:
+        raise InputError(f"evaluation data '{path}' is not an .npz file ({err}); write it with numpy.savez") from err
+    labels = arrays.pop(LABEL_KEY, None)
+    expected = [spec.name for spec in specs]
+    if sorted(arrays) != sorted(expected):
+        raise InputError(f"evaluation data '{path}' has arrays {', '.join(sorted(arrays)) or 'none'}; the model's inputs are: "
+                         f"{', '.join(expected)} (plus optional '{LABEL_KEY}')")
+    samples = [_samples(spec, arrays[spec.name], path) for spec in specs]
+    count = len(samples[0])
+    if any(len(s) != count for s in samples) or (labels is not None and labels.shape != (count,)):
+        raise InputError(f"evaluation data '{path}': every array (and '{LABEL_KEY}', shape (N,)) needs the same sample count N")
+    per_sample = [{spec.name: s[i] for spec, s in zip(specs, samples)} for i in range(count)]
+    return per_sample, labels
+
+
+def _samples(spec: TensorSpec, array: np.ndarray, path: Path) -> np.ndarray:
+    if array.shape[1:] == spec.shape:
+        stacked = array
+    elif spec.shape[:1] == (1,) and array.shape[1:] == spec.shape[1:]:
+        stacked = array[:, None]
+    else:
+        shape = "x".join(map(str, spec.shape))
+        raise InputError(f"evaluation data '{path}': '{spec.name}' has shape {'x'.join(map(str, array.shape))}; "
+                         f"expected N x {shape} (samples stacked on a new first axis)")
+    if str(stacked.dtype) != spec.dtype:
+        raise InputError(f"evaluation data '{path}': '{spec.name}' is {stacked.dtype}; the model expects {spec.dtype}")
+    return stacked
+
+
+def evaluate(run: Runner, reference: Runner, samples: Sequence[Mapping[str, np.ndarray]],
+             labels: np.ndarray | None, reference_name: str) -> EvalReport:
+    """Run both on every sample and compare: top-1 (first output), SQNR and max abs diff (all outputs)."""
+    ours = [list(run(sample)) for sample in samples]
+    theirs = [list(reference(sample)) for sample in samples]
+    signal = sum(float(np.sum(np.square(r.astype(np.float64)))) for outs in theirs for r in outs)
+    noise = sum(float(np.sum(np.square(o.astype(np.float64) - r))) for a, b in zip(ours, theirs) for o, r in zip(a, b))
+    top1 = np.array([outs[0].reshape(-1).argmax() for outs in ours])
+    reference_top1 = np.array([outs[0].reshape(-1).argmax() for outs in theirs])
+    return EvalReport(
+        samples=len(samples),
+        top1_accuracy=None if labels is None else float((top1 == labels).mean()),
+        reference_top1_accuracy=None if labels is None else float((reference_top1 == labels).mean()),
+        top1_agreement=float((top1 == reference_top1).mean()),
+        sqnr_db=_sqnr_db(signal, noise),
+        max_abs_diff=max(float(np.abs(o - r).max()) for a, b in zip(ours, theirs) for o, r in zip(a, b)),
+        reference=reference_name,
+    )
+
+
+def _sqnr_db(signal: float, noise: float) -> float:
+    if noise == 0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def reference_runner(model: Path, specs: Sequence[TensorSpec]) -> Runner:
+    """Run the float model with its own framework: onnxruntime for .onnx, PyTorch for .pt2."""
+    model = Path(model)
+    if not model.is_file():
+        raise InputError(f"reference model '{model}' does not exist; pass --reference MODEL")
+    if model.suffix.lower() == ".onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        return lambda inputs: session.run(None, dict(inputs))
+    if model.suffix.lower() == ".pt2":
+        import torch
+
+        program = torch.export.load(str(model)).module()
+        order = [spec.name for spec in specs]
+
+        def run_torch(inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+            with torch.no_grad():
+                result = program(*(torch.from_numpy(inputs[name]) for name in order))
+            return [t.numpy() for t in (result if isinstance(result, (tuple, list)) else [result])]
+
+        return run_torch
+    raise InputError(f"cannot run reference model '{model.name}'; use an .onnx or .pt2 file")
+
+
+def manifest_reference(model_info: Mapping[str, Any]) -> Path:
+    """The model the artifact was compiled from, if it is still there unchanged."""
+    path = model_info.get("path")
+    if not path or not Path(path).is_file() or sha256_file(Path(path)) != model_info.get("sha256"):
+        raise InputError("the artifact's source model is gone or changed since compiling; pass --reference MODEL")
+    return Path(path)
