@@ -1,16 +1,20 @@
 """Compile an imported model for a target preset into an artifact directory.
 
-Steps: check the toolchain, run the pipeline (compiler/pipeline.py), generate code, link the shared
-library with the preset's (cross) compiler, write `manifest.json`, publish the directory atomically.
+Steps: check the toolchain, open the preset's tuning records (compiler/tuning_db.py), run the pipeline
+(compiler/pipeline.py), generate code, link the shared library with the preset's (cross) compiler,
+write `manifest.json`, publish the directory atomically.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from compiler import __version__
 from compiler.artifact import Manifest, atomic_directory, sha256_file, write_manifest
@@ -20,7 +24,20 @@ from compiler.frontends import ImportedModel
 from compiler.pipeline import PipelineConfig, run_pipeline
 from targets import Preset
 
+if TYPE_CHECKING:
+    from compiler.tuning_db import TuningSummary
+
 LIBRARY_NAME = "model.so"
+
+
+@dataclass(frozen=True)
+class CompiledManifest(Manifest):
+    """The manifest plus what the tuning records covered (None: compiled without any)."""
+
+    tuning: Mapping[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "tuning": None if self.tuning is None else dict(self.tuning)}
 
 
 @dataclass(frozen=True)
@@ -41,22 +58,30 @@ def check_toolchain(preset: Preset) -> None:
         )
 
 
-def compile_model(model: ImportedModel, options: CompileOptions, out_dir: Path) -> Manifest:
-    """Compile `model` for `options.preset` and publish the artifact at `out_dir`."""
+def compile_model(model: ImportedModel, options: CompileOptions, out_dir: Path) -> CompiledManifest:
+    """Compile `model` for `options.preset` and publish the artifact at `out_dir`.
+
+    Kernels the preset's tuning records know get their tuned schedule; the others keep TVM's
+    default one, with a warning that names them.
+    """
     import tvm
     from tvm.support import cc
+
+    from compiler.tuning_db import open_for_compile
 
     preset = options.preset
     check_toolchain(preset)
     target = preset.tvm_target()
-    result = run_pipeline(model.mod, target, options.pipeline)
+    with open_for_compile(options.pipeline.tuning_log, preset, target) as records:
+        result = run_pipeline(model.mod, target, options.pipeline, records)
+    _warn_untuned(result.tuning, preset)
     executable = tvm.relax.build(result.mod, target, relax_pipeline=None)
     with atomic_directory(out_dir) as staging:
         fcompile = cc.cross_compiler(preset.cross_compiler) if preset.cross_compiler else None
         fpack_imports = cuda_fpack_imports(preset.target["arch"]) if preset.device == "cuda" else None
         executable.export_library(str(staging / LIBRARY_NAME), fcompile=fcompile, fpack_imports=fpack_imports)
         files = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
-        manifest = Manifest(
+        manifest = CompiledManifest(
             library=LIBRARY_NAME,
             inputs=model.inputs,
             outputs=model.outputs,
@@ -65,9 +90,19 @@ def compile_model(model: ImportedModel, options: CompileOptions, out_dir: Path) 
             passes=tuple(phase.to_json() for phase in result.phases),
             versions=_versions(),
             files=files,
+            tuning=result.tuning.to_json() if result.tuning is not None else None,
         )
         write_manifest(staging, manifest)
     return manifest
+
+
+def _warn_untuned(tuning: TuningSummary | None, preset: Preset) -> None:
+    if tuning is None or tuning.tuned == tuning.tasks:
+        return
+    names = ", ".join(tuning.untuned[:3]) + (", ..." if len(tuning.untuned) > 3 else "")
+    logging.getLogger("edgec.tuning").warning(
+        "%d of %d kernels have no tuning record in %s and use default schedules (%s); tune them with: "
+        "edgec tune MODEL --target %s", tuning.tasks - tuning.tuned, tuning.tasks, tuning.database, names, preset.name)
 
 
 def _device_code(preset: Preset) -> dict[str, str]:

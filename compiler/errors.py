@@ -42,3 +42,7 @@ class RemoteError(EdgecError):
 
 class BenchError(EdgecError):
     """A benchmark setting is out of range, or the device cannot be benchmarked yet."""
+
+
+class TuningError(EdgecError):
+    """A tuning run cannot start or its records cannot be used: preset, budget, database or device."""

@@ -2,6 +2,10 @@
 
 A pipeline is a flat list of phases; each phase is a named list of passes. `--dump-ir DIR` writes
 the module after every phase as `NN-<phase>.py` (TVMScript), which is how a compile is debugged.
+
+MetaSchedule tunes the module as it stands after TUNING_POINT (`run_to_tuning_point`, used by
+`edgec tune`); a compile with tuning records applies them right there ("apply-tuning"), so both see
+the same tasks.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tvm
 from tvm import relax
@@ -18,6 +22,9 @@ import tvm.relax.backend.cuda.pipeline  # noqa: F401
 import tvm.relax.backend.gpu_generic.pipeline  # noqa: F401
 
 from passes import simplify_for_inference
+
+if TYPE_CHECKING:
+    from compiler.tuning_db import TuningRecords, TuningSummary
 
 # TVM's per-backend pass lists, keyed by target kind (data, not branches).
 _BACKENDS: dict[str, Callable[[], Any]] = {
@@ -32,6 +39,9 @@ class PipelineConfig:
     """What the user asked of the pipeline. Passes added by later options read their settings here."""
 
     dump_ir: Path | None = None
+    # Root of the tuning databases, one per preset (`<root>/<preset>/`, see compiler/tuning_db.py);
+    # relative paths are relative to the working directory. None: ignore tuning records.
+    tuning_log: Path | None = Path("tuning_logs")
 
 
 @dataclass(frozen=True)
@@ -47,10 +57,18 @@ class Phase:
 class PipelineResult:
     mod: tvm.IRModule
     phases: tuple[Phase, ...] = field(default=())
+    tuning: TuningSummary | None = None  # what the tuning records covered, when a database was applied
 
 
-def build_phases(config: PipelineConfig, target: tvm.target.Target) -> list[Phase]:
-    """The ordered phases for `target`: edgec's graph passes first, then TVM's lowering."""
+# The phase after which MetaSchedule extracts its tasks: every PrimFunc is final (fused, legalized).
+TUNING_POINT = "legalize-fuse"
+
+
+def build_phases(config: PipelineConfig, target: tvm.target.Target, records: TuningRecords | None = None) -> list[Phase]:
+    """The ordered phases for `target`: edgec's graph passes first, then TVM's lowering.
+
+    With tuning `records`, their schedules replace the default ones right after TUNING_POINT.
+    """
     backend = _backend(target)
     return [
         # edgec graph passes, on the imported module with bound weights
@@ -58,15 +76,31 @@ def build_phases(config: PipelineConfig, target: tvm.target.Target) -> list[Phas
         # TVM: library dispatch, legalization to TIR, operator fusion (conv+bias+activation in one kernel)
         Phase("dispatch", tuple(backend.library_dispatch_passes(target))),
         Phase("legalize-fuse", tuple(backend.legalize_passes(target))),
+        # MetaSchedule: the best measured schedule of every task the records know (TUNING_POINT)
+        *([Phase("apply-tuning", (records.apply_pass(),))] if records is not None else []),
         # TVM: from dataflow graph to VM-executable form with planned memory
         Phase("lower", tuple(backend.dataflow_lower_passes(target))),
         Phase("finalize", tuple(backend.finalize_passes(target))),
     ]
 
 
-def run_pipeline(mod: tvm.IRModule, target: tvm.target.Target, config: PipelineConfig) -> PipelineResult:
+def run_pipeline(
+    mod: tvm.IRModule, target: tvm.target.Target, config: PipelineConfig, records: TuningRecords | None = None
+) -> PipelineResult:
     """Apply every phase in order under `target`, dumping the IR after each when asked."""
+    phases = build_phases(config, target, records)
+    mod = _run_phases(mod, target, config, phases)
+    return PipelineResult(mod, tuple(phases), records.summary if records is not None else None)
+
+
+def run_to_tuning_point(mod: tvm.IRModule, target: tvm.target.Target, config: PipelineConfig) -> tvm.IRModule:
+    """The module MetaSchedule tunes: the phases up to and including TUNING_POINT, as a compile runs them."""
     phases = build_phases(config, target)
+    names = [phase.name for phase in phases]
+    return _run_phases(mod, target, config, phases[: names.index(TUNING_POINT) + 1])
+
+
+def _run_phases(mod: tvm.IRModule, target: tvm.target.Target, config: PipelineConfig, phases: list[Phase]) -> tvm.IRModule:
     if config.dump_ir is not None:
         config.dump_ir.mkdir(parents=True, exist_ok=True)
         _dump(config.dump_ir, 0, "imported", mod)
@@ -75,7 +109,7 @@ def run_pipeline(mod: tvm.IRModule, target: tvm.target.Target, config: PipelineC
             mod = tvm.transform.Sequential(list(phase.passes), name=phase.name)(mod)
             if config.dump_ir is not None:
                 _dump(config.dump_ir, index, phase.name, mod)
-    return PipelineResult(mod, tuple(phases))
+    return mod
 
 
 def _backend(target: tvm.target.Target) -> Any:

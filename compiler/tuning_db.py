@@ -1,0 +1,336 @@
+"""Tuning records on disk: one MetaSchedule JSON database per target preset, checked before use.
+
+Layout: `<root>/<preset>/` (root `tuning_logs/` by default, relative to the working directory) holds
+MetaSchedule's two JSON-lines files and edgec's `meta.json`:
+
+    database_workload.json        one line per task: [structural hash, serialized TIR module]
+    database_tuning_record.json   one line per measured candidate: [workload line index, record]
+    meta.json                     {"tvm_version": ..., "target": <the TVM target as JSON>}
+
+MetaSchedule's lookups ignore the target, so a database is used only for the exact target and TVM
+version its meta.json names; any other is "foreign" and skipped whole with a warning. A tuning run
+that was killed can leave a half-written last line, which makes MetaSchedule refuse the whole
+database, so every database is repaired first: unreadable lines and records whose workload is gone
+are dropped, with one warning per database. A compile never writes to the tuning logs: it reads a
+repaired copy.
+
+Warnings go to the `edgec.tuning` logger; the CLI prints each as one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tvm
+from tvm.s_tir import meta_schedule as ms
+
+from compiler.errors import TuningError
+from targets import Preset
+
+WORKLOADS = "database_workload.json"
+RECORDS = "database_tuning_record.json"
+META = "meta.json"
+
+log = logging.getLogger("edgec.tuning")
+
+
+# ------------------------------------------------------------------------------------------ layout
+
+
+def database_dir(root: Path, preset: Preset) -> Path:
+    """`root/<preset>/`, or `root` itself when it already is a database directory."""
+    root = Path(root)
+    if (root / META).is_file() or (root / WORKLOADS).is_file():
+        return root
+    if preset.name == "custom":  # raw target dicts share the name: one directory per distinct target
+        digest = hashlib.sha256(json.dumps(dict(preset.target), sort_keys=True).encode()).hexdigest()
+        return root / f"custom-{digest[:12]}"
+    return root / preset.name
+
+
+def expected_meta(target: tvm.target.Target) -> dict[str, Any]:
+    """What meta.json must say for records to be used with `target` under this TVM."""
+    return {"tvm_version": tvm.__version__, "target": json.loads(str(target))}
+
+
+def foreign_reason(directory: Path, target: tvm.target.Target) -> str | None:
+    """Why the database in `directory` must not be used for `target` (None: it may be)."""
+    path = Path(directory) / META
+    if not path.is_file():
+        return f"it has no {META}, so its target and TVM version are unknown"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        return f"its {META} is unreadable ({err})"
+    want = expected_meta(target)
+    if not isinstance(meta, dict) or meta.get("tvm_version") != want["tvm_version"]:
+        found = meta.get("tvm_version") if isinstance(meta, dict) else None
+        return f"it was tuned with TVM {found}, this is TVM {want['tvm_version']}"
+    if meta.get("target") != want["target"]:
+        return f"it was tuned for target {json.dumps(meta.get('target'))}, not {json.dumps(want['target'])}"
+    return None
+
+
+# ------------------------------------------------------------------------------------------ repair
+
+
+@dataclass(frozen=True)
+class Repaired:
+    """A database's readable lines; records are renumbered to the workload lines that were kept."""
+
+    workloads: list[str]
+    records: list[str]
+    dropped: int  # unreadable lines plus records whose workload was dropped or never written
+
+    def write(self, directory: Path) -> None:
+        for name, lines in ((WORKLOADS, self.workloads), (RECORDS, self.records)):
+            _write_atomic(Path(directory) / name, "".join(line + "\n" for line in lines))
+
+
+def read_repaired(directory: Path) -> Repaired:
+    """Parse both files line by line, keeping only what MetaSchedule can load."""
+    directory = Path(directory)
+    workloads: list[str] = []
+    renumber: dict[int, int] = {}  # workload line index in the file -> index among kept lines
+    dropped = 0
+    for index, line in enumerate(_lines(directory / WORKLOADS)):
+        if _valid_workload(line):
+            renumber[index] = len(workloads)
+            workloads.append(line)
+        else:
+            dropped += 1
+    records: list[str] = []
+    for line in _lines(directory / RECORDS):
+        row = _record(line)
+        if row is None or row[0] not in renumber:
+            dropped += 1
+        elif renumber[row[0]] == row[0]:
+            records.append(line)
+        else:
+            records.append(json.dumps([renumber[row[0]], row[1]], separators=(",", ":")))
+    return Repaired(workloads, records, dropped)
+
+
+def _lines(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _valid_workload(line: str) -> bool:
+    row = _json(line)
+    return isinstance(row, list) and len(row) == 2 and all(isinstance(v, str) for v in row)
+
+
+def _record(line: str) -> list | None:
+    """[workload index, [trace, run_secs, target, args_info]] or None when it is not that shape."""
+    row = _json(line)
+    if not (isinstance(row, list) and len(row) == 2 and type(row[0]) is int and isinstance(row[1], list)):
+        return None
+    body = row[1]
+    if len(body) != 4 or not isinstance(body[0], list) or not isinstance(body[2], dict) or not isinstance(body[3], list):
+        return None
+    if body[1] is not None and not (isinstance(body[1], list) and all(isinstance(v, (int, float)) for v in body[1])):
+        return None
+    return row
+
+
+def _json(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace `path` whole (a kill leaves the old file or the new one), keeping its permissions."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as stream:
+            stream.write(text)
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _warn_dropped(repaired: Repaired, directory: Path) -> None:
+    if repaired.dropped:
+        log.warning("skipped %d corrupt records in %s (unreadable lines, or records of a lost workload)",
+                    repaired.dropped, directory)
+
+
+def _open(directory: Path) -> ms.database.JSONDatabase:
+    return ms.database.JSONDatabase(work_dir=str(directory), allow_missing=False)
+
+
+# ------------------------------------------------------------------------------------- for tuning
+
+
+@contextlib.contextmanager
+def open_for_tuning(directory: Path, target: tvm.target.Target) -> Iterator[ms.database.JSONDatabase]:
+    """The database that `edgec tune` appends to: created with its meta.json, or repaired in place.
+
+    A foreign database is never touched: tuning into it would mix targets. The database stays
+    locked while the block runs: a second tuning run into it fails at once instead of interleaving
+    (and repairing away) the first one's lines.
+    """
+    directory = Path(directory)
+    has_records = any((directory / name).is_file() for name in (WORKLOADS, RECORDS))
+    if has_records or (directory / META).is_file():
+        reason = foreign_reason(directory, target)
+        if reason is not None:
+            raise TuningError(f"the tuning database {directory} is not for this target: {reason}; "
+                              "pass another --tuning-log DIR, or move it away")
+    directory.mkdir(parents=True, exist_ok=True)
+    if not (directory / META).is_file():  # written first: a database without it is never ours
+        _write_atomic(directory / META, json.dumps(expected_meta(target), indent=2) + "\n")
+    with _locked(directory):
+        repaired = read_repaired(directory)
+        if repaired.dropped or not has_records:
+            _warn_dropped(repaired, directory)
+            repaired.write(directory)
+        try:
+            database = _open(directory)
+        except (RuntimeError, ValueError) as err:  # what MetaSchedule's JSON reader raises
+            raise TuningError(f"MetaSchedule cannot open the tuning database {directory} ({_last_line(err)}); "
+                              "move it away and tune again") from None
+        yield database
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive lock on the database (on its meta.json, so that no lock file is left behind)."""
+    import fcntl
+
+    with open(directory / META, "rb") as meta:
+        try:
+            fcntl.flock(meta.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TuningError(f"another `edgec tune` is writing the tuning database {directory}; "
+                              "wait for it to finish, or pass another --tuning-log DIR") from None
+        yield
+
+
+def is_tuned(database: ms.database.Database, task: ms.ExtractedTask, target: tvm.target.Target) -> bool:
+    """Whether the database holds a valid measured schedule for the task's workload."""
+    return database.query_tuning_record(task.dispatched[0], target, task.task_name) is not None
+
+
+# ------------------------------------------------------------------------------------ for compile
+
+
+@dataclass(frozen=True)
+class TuningSummary:
+    """What a compile took from the tuning records; recorded in the manifest."""
+
+    database: str
+    tasks: int
+    tuned: int
+    untuned: tuple[str, ...]  # names of the tasks compiled with default schedules
+
+    def to_json(self) -> dict[str, Any]:
+        return {"database": self.database, "tasks": self.tasks, "tuned": self.tuned}
+
+
+class TuningRecords:
+    """An opened database applied by the pipeline's "apply-tuning" phase.
+
+    The apply pass also counts which of the module's tasks the records cover (`summary`).
+    """
+
+    def __init__(self, directory: Path, database: ms.database.Database):
+        self.directory = Path(directory)
+        self.database = database
+        self.summary: TuningSummary | None = None
+
+    def apply_pass(self) -> tvm.transform.Pass:
+        """Give every PrimFunc with a record its best schedule; the rest keep the default lowering."""
+
+        @tvm.transform.module_pass(opt_level=0, name="ApplyTuningRecords")
+        def apply(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+            target = tvm.target.Target.current(allow_none=False)
+            tasks = ms.relax_integration.extract_tasks(mod, target)
+            untuned = tuple(t.task_name for t in tasks if not is_tuned(self.database, t, target))
+            self.summary = TuningSummary(str(self.directory), len(tasks), len(tasks) - len(untuned), untuned)
+            with self.database:
+                return tvm.relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+
+        return apply
+
+
+@contextlib.contextmanager
+def open_for_compile(root: Path | None, preset: Preset, target: tvm.target.Target) -> Iterator[TuningRecords | None]:
+    """The preset's tuning records under `root`, or None when there are none that may be used.
+
+    The database is repaired into a temporary copy, so the tuning logs stay untouched.
+    """
+    directory = database_dir(root, preset) if root is not None else None
+    if directory is None or not (directory / WORKLOADS).is_file():
+        yield None
+        return
+    reason = foreign_reason(directory, target)
+    if reason is not None:
+        log.warning("ignoring the tuning records in %s: %s", directory, reason)
+        yield None
+        return
+    repaired = read_repaired(directory)
+    _warn_dropped(repaired, directory)
+    with tempfile.TemporaryDirectory(prefix="edgec-records-") as copy:
+        repaired.write(Path(copy))
+        try:
+            database = _open(Path(copy))
+        except (RuntimeError, ValueError) as err:  # what MetaSchedule's JSON reader raises
+            log.warning("ignoring the tuning records in %s: MetaSchedule cannot read them (%s)", directory, _last_line(err))
+            yield None
+            return
+        import_cpu_intrinsics()  # a record's trace may tensorize with them
+        yield TuningRecords(directory, database)
+
+
+# ----------------------------------------------------------------------------------------- shared
+
+_GPU_INTRINSICS = ("cuda", "rocm", "hexagon")
+
+
+def import_cpu_intrinsics() -> None:
+    """Register TVM's CPU tensor intrinsics (x86, ARM, RISC-V) without the GPU ones.
+
+    `import tvm.s_tir.tensor_intrin` registers all of them and takes 60-100 s on a small machine,
+    55 s of it in `cuda`. MetaSchedule only needs the ones its traces name, so the GPU modules are
+    stubbed for the package import and removed again: a later `import tvm.s_tir.tensor_intrin.cuda`
+    still registers the CUDA ones. Afterwards TuneContext's own import of the package is free.
+    """
+    package = "tvm.s_tir.tensor_intrin"
+    if package in sys.modules:
+        return
+    stubs = {name: types.ModuleType(f"{package}.{name}") for name in _GPU_INTRINSICS if f"{package}.{name}" not in sys.modules}
+    sys.modules.update({stub.__name__: stub for stub in stubs.values()})
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        loaded = sys.modules.get(package)
+        for name, stub in stubs.items():
+            if sys.modules.get(stub.__name__) is stub:
+                del sys.modules[stub.__name__]
+            if loaded is not None and getattr(loaded, name, None) is stub:
+                delattr(loaded, name)
+
+
+def _last_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__

@@ -1,0 +1,373 @@
+"""MetaSchedule tuning: records per preset, resume, apply at compile time, damaged and foreign
+databases, a killed run, and measuring on an RPC device through a real tracker.
+
+The model is a small ONNX conv net (4 kernels) tuned with 4 trials per kernel and a small search
+population, so one tuning run takes tens of seconds on two cores. The tests named `test_slow_*`
+start processes (a tuning run to kill; a tracker and a server) and take most of the file's time:
+deselect them with `-k "not slow"`. Every process is killed with its group, and no MetaSchedule
+worker (`tvm.exec.popen_worker`) may outlive the run that started it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from tvm.s_tir import meta_schedule as ms
+
+from compiler import tuning_db
+from compiler.build import CompileOptions, compile_model
+from compiler.errors import TuningError
+from compiler.pipeline import PipelineConfig, run_to_tuning_point
+from compiler.rpc import RemoteSpec
+from compiler.runtime import open_model
+from compiler.tuning import TuneOptions, plan_trials, tune_model
+from targets import resolve_target
+from tests.compiler.test_rpc import HOST, Process, accepts, free_port, free_servers, wait_for
+from tests.helpers import edgec, one_line_error
+
+KERNELS = 4  # opset_model(13): conv+bias+relu, mean, squeeze, matmul+bias
+PER_ITER = 4
+FAST = dict(trials=KERNELS * PER_ITER, trials_per_iter=PER_ITER, population=32, seed=0, build_workers=2)
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory) -> Path:
+    import onnx
+
+    from examples.onnx_cases import opset_model
+
+    path = tmp_path_factory.mktemp("model") / "opset13.onnx"
+    onnx.save(opset_model(13), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(onnx_file):
+    from compiler.frontends import load_model
+
+    return load_model(onnx_file)
+
+
+@pytest.fixture(scope="module")
+def host():
+    return resolve_target("host")
+
+
+@pytest.fixture(scope="module")
+def tuned(model, host, tmp_path_factory):
+    """One tuning run in this process into a fresh tuning-log root: (root, report)."""
+    root = tmp_path_factory.mktemp("tuning_logs")
+    report = tune_model(model, TuneOptions(host, tuning_log=root, log_file=root / "tune.log", **FAST))
+    return root, report
+
+
+def popen_workers_of(pid: int) -> list[psutil.Process]:
+    """The MetaSchedule worker processes `pid` started itself (not those of its RPC servers)."""
+    return [p for p in psutil.Process(pid).children() if "popen_worker" in " ".join(p.cmdline())]
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def copy_database(root: Path, tmp_path: Path) -> Path:
+    """A copy of the tuned root to damage; returns the copy's host database directory."""
+    shutil.copytree(root, tmp_path / "logs")
+    return tmp_path / "logs" / "host"
+
+
+def compile_with(model, host, root: Path | None, out: Path):
+    return compile_model(model, CompileOptions(host, PipelineConfig(tuning_log=root)), out)
+
+
+def run(artifact: Path, x: np.ndarray) -> np.ndarray:
+    return next(iter(open_model(artifact).run({"opset13_input": x}).values()))
+
+
+# ---------------------------------------------------------------------------------------- planning
+
+
+def test_plan_gives_every_task_a_batch_and_the_rest_by_work():
+    assert plan_trials([100.0, 1.0, 0.0], total=64, per_iter=8) == [48, 8, 8]
+    assert plan_trials([3.0, 1.0], total=1, per_iter=16) == [16, 16]  # at least one batch each
+    plan = plan_trials([5.0, 3.0, 2.0], total=100, per_iter=10)
+    assert sum(plan) == 100 and plan == [50, 30, 20]
+
+
+def test_out_of_range_options_are_tuning_errors(host):
+    for bad in (dict(trials=0), dict(time_budget_s=0), dict(trials_per_iter=0), dict(population=1)):
+        with pytest.raises(TuningError):
+            TuneOptions(host, **bad)
+
+
+# ------------------------------------------------------------------------------------ tune + resume
+
+
+def test_tune_commits_records_with_meta_and_leaves_no_workers(tuned, host):
+    root, report = tuned
+    directory = root / "host"
+    assert report.database == directory and report.skipped == 0 and len(report.tasks) == KERNELS
+    assert all(t.planned == PER_ITER and 1 <= t.trials <= PER_ITER and t.best_s for t in report.tasks)
+    records = lines(directory / tuning_db.RECORDS)
+    assert len(records) == report.trials and len(lines(directory / tuning_db.WORKLOADS)) == KERNELS
+    meta = json.loads((directory / tuning_db.META).read_text())
+    assert meta == tuning_db.expected_meta(host.tvm_target()) and meta["target"]["mcpu"] == host.target["mcpu"]
+    assert all(json.loads(r)[1][2]["mcpu"] == host.target["mcpu"] for r in records)  # MetaSchedule's own copy
+    assert popen_workers_of(os.getpid()) == []
+
+
+def test_rerun_skips_every_tuned_task_without_new_trials(tuned, model, host):
+    root, first = tuned
+    before = (root / "host" / tuning_db.RECORDS).read_bytes()
+    start = time.monotonic()
+    again = tune_model(model, TuneOptions(host, tuning_log=root, **FAST))
+    assert again.skipped == KERNELS and again.trials == 0 and again.log_file is None
+    assert (root / "host" / tuning_db.RECORDS).read_bytes() == before
+    assert time.monotonic() - start < 30  # no worker pool, no search
+    assert again.estimated_s == pytest.approx(first.estimated_s, rel=0.5)  # bests read back from the records
+
+
+def test_tune_cli_rerun_says_nothing_to_tune(tuned, onnx_file):
+    root, _ = tuned
+    out = edgec("tune", onnx_file, "--target", "host", "--tuning-log", root)
+    assert f"nothing to tune: all {KERNELS} kernels have records in {root / 'host'}" in out
+
+
+def test_time_budget_stops_before_the_next_batch(model, host, tmp_path):
+    options = TuneOptions(host, tuning_log=tmp_path, log_file=tmp_path / "tune.log", **{**FAST, "time_budget_s": 1e-3})
+    report = tune_model(model, options)
+    assert report.stopped == "time budget" and report.trials == 0
+    assert lines(tmp_path / "host" / tuning_db.RECORDS) == []
+    assert popen_workers_of(os.getpid()) == []
+
+
+# -------------------------------------------------------------------------------------- compile
+
+
+def test_compile_applies_every_record_and_matches_the_untuned_build(tuned, onnx_file, model, tmp_path):
+    root, _ = tuned
+    out = edgec("compile", onnx_file, "--target", "host", "-o", tmp_path / "tuned", "--tuning-log", root)
+    assert f"tuning: {KERNELS} of {KERNELS} kernels tuned (records: {root / 'host'})" in out
+    assert "warning" not in out
+    manifest = json.loads((tmp_path / "tuned" / "manifest.json").read_text())
+    assert manifest["tuning"] == {"database": str(root / "host"), "tasks": KERNELS, "tuned": KERNELS}
+    assert "apply-tuning" in [p["phase"] for p in manifest["passes"]]
+    edgec("compile", onnx_file, "--target", "host", "-o", tmp_path / "plain", "--tuning-log", root, "--untuned")
+    assert json.loads((tmp_path / "plain" / "manifest.json").read_text())["tuning"] is None
+    x = np.random.default_rng(0).standard_normal(model.inputs[0].shape).astype(np.float32)
+    assert np.abs(run(tmp_path / "tuned", x) - run(tmp_path / "plain", x)).max() < 1e-4
+
+
+def test_kernels_without_records_keep_default_schedules_with_one_warning(tuned, model, host, tmp_path, caplog):
+    root, _ = tuned
+    directory = copy_database(root, tmp_path)
+    records = [r for r in lines(directory / tuning_db.RECORDS) if json.loads(r)[0] == 0]  # one workload's only
+    (directory / tuning_db.RECORDS).write_text("".join(r + "\n" for r in records))
+    config = PipelineConfig(tuning_log=tmp_path / "logs", dump_ir=tmp_path / "ir")
+    with caplog.at_level(logging.WARNING, logger="edgec"):
+        manifest = compile_model(model, CompileOptions(host, config), tmp_path / "partial")
+    assert manifest.tuning == {"database": str(directory), "tasks": KERNELS, "tuned": 1}
+    applied = (tmp_path / "ir" / "04-apply-tuning.py").read_text()
+    assert applied.count('"tirx.is_scheduled": True') == 1  # what was counted is what was applied
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and f"{KERNELS - 1} of {KERNELS} kernels have no tuning record" in warnings[0]
+    x = np.random.default_rng(1).standard_normal(model.inputs[0].shape).astype(np.float32)
+    plain = compile_with(model, host, None, tmp_path / "plain")
+    assert plain.tuning is None
+    assert np.abs(run(tmp_path / "partial", x) - run(tmp_path / "plain", x)).max() < 1e-4
+
+
+# ------------------------------------------------------------------------------ damaged databases
+
+
+def test_corrupt_and_truncated_lines_are_skipped_with_a_warning(tuned, onnx_file, model, host, tmp_path, caplog):
+    root, report = tuned
+    directory = copy_database(root, tmp_path)
+    good = lines(directory / tuning_db.RECORDS)
+    damaged = [good[0], "[1, [garbage", '{"not": "a record"}', *good[1:], good[-1][: len(good[-1]) // 2]]
+    (directory / tuning_db.RECORDS).write_text("\n".join(damaged))  # the last line is cut, as by a kill
+    before = (directory / tuning_db.RECORDS).read_bytes()
+    with caplog.at_level(logging.WARNING, logger="edgec"):
+        manifest = compile_with(model, host, tmp_path / "logs", tmp_path / "out")
+    assert [r.getMessage() for r in caplog.records] == [f"skipped 3 corrupt records in {directory} "
+                                                         "(unreadable lines, or records of a lost workload)"]
+    assert manifest.tuning["tuned"] == KERNELS
+    out = edgec("compile", onnx_file, "--target", "host", "-o", tmp_path / "cli", "--tuning-log", tmp_path / "logs")
+    assert [line for line in out.splitlines() if line.startswith("warning:")] == [
+        f"warning: skipped 3 corrupt records in {directory} (unreadable lines, or records of a lost workload)"]
+    assert (directory / tuning_db.RECORDS).read_bytes() == before  # a compile never writes the logs
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edgec"):  # tuning repairs in place, then opens it
+        with tuning_db.open_for_tuning(directory, host.tvm_target()) as database:
+            assert len(database) == len(good) == report.trials
+            with pytest.raises(TuningError, match="another `edgec tune` is writing"):
+                with tuning_db.open_for_tuning(directory, host.tvm_target()):
+                    pass
+    assert len(caplog.records) == 1
+    assert lines(directory / tuning_db.RECORDS) == good
+
+
+def test_truncated_workload_drops_its_records_and_renumbers_the_rest(tuned, model, host, tmp_path, caplog):
+    root, _ = tuned
+    directory = copy_database(root, tmp_path)
+    workloads = lines(directory / tuning_db.WORKLOADS)
+    records = lines(directory / tuning_db.RECORDS)
+    lost = sum(json.loads(r)[0] == 1 for r in records)
+    del workloads[1]
+    workloads.insert(1, workloads[0][:100])  # an unreadable line in the middle: later indexes shift
+    (directory / tuning_db.WORKLOADS).write_text("\n".join(workloads) + "\n")
+    with caplog.at_level(logging.WARNING, logger="edgec"):
+        manifest = compile_with(model, host, tmp_path / "logs", tmp_path / "out")
+    assert f"skipped {lost + 1} corrupt records" in caplog.records[0].getMessage()
+    assert manifest.tuning["tuned"] == KERNELS - 1
+
+
+def test_foreign_database_is_skipped_for_compile_and_refused_for_tuning(tuned, onnx_file, model, host, tmp_path, caplog):
+    root, _ = tuned
+    directory = copy_database(root, tmp_path)
+    meta_path = directory / tuning_db.META
+    meta = json.loads(meta_path.read_text())
+    cases = {
+        "it was tuned with TVM 0.26.0": {**meta, "tvm_version": "0.26.0"},
+        "it was tuned for target": {**meta, "target": {**meta["target"], "mcpu": "haswell"}},
+    }
+    for reason, foreign in cases.items():
+        meta_path.write_text(json.dumps(foreign))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="edgec"):
+            manifest = compile_with(model, host, tmp_path / "logs", tmp_path / "out")
+        assert manifest.tuning is None
+        assert len(caplog.records) == 1 and reason in caplog.records[0].getMessage()
+        message = one_line_error("tune", onnx_file, "--target", "host", "--tuning-log", tmp_path / "logs")
+        assert "is not for this target" in message and reason in message
+    meta_path.unlink()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edgec"):
+        assert compile_with(model, host, tmp_path / "logs", tmp_path / "out").tuning is None
+    assert "has no meta.json" in caplog.records[0].getMessage()
+
+
+# ------------------------------------------------------------------------------------ killed run
+
+
+class TuneProcess:
+    """`edgec tune` in its own process group, as a shell runs it, stopped with a signal to the group."""
+
+    def __init__(self, onnx_file: Path, root: Path, log: Path):
+        self.records = root / "host" / tuning_db.RECORDS
+        self.log = log
+        command = [sys.executable, "-m", "compiler.cli", "tune", onnx_file, "--target", "host", "--tuning-log", root,
+                   "--trials", 400, "--trials-per-iter", PER_ITER, "--population", 32]
+        with open(log, "wb") as out:  # its MetaSchedule log and candidate libraries go to TMPDIR
+            self.popen = subprocess.Popen([str(c) for c in command], stdout=out, stderr=subprocess.STDOUT,
+                                          start_new_session=True, env={**os.environ, "TMPDIR": str(log.parent)})
+
+    def wait_for_records(self, count: int, timeout_s: float = 240) -> list[psutil.Process]:
+        """Wait until `count` records are committed; returns the run's worker processes."""
+        deadline = time.monotonic() + timeout_s
+        while not (self.records.is_file() and len(self.records.read_bytes().splitlines()) >= count):
+            assert self.popen.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, f"{count} records not committed in {timeout_s} s:\n{self.log.read_text()}"
+            time.sleep(0.2)
+        return popen_workers_of(self.popen.pid)
+
+    def signal_group(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signum)
+
+
+def record_workloads(path: Path) -> list[int]:
+    return [json.loads(line)[0] for line in lines(path)]
+
+
+def test_slow_interrupted_then_killed_runs_keep_their_records_and_resume(onnx_file, model, host, tmp_path):
+    root = tmp_path / "logs"
+    # Ctrl-C (SIGINT to the whole group): the batches in flight finish, the summary is printed, exit 130
+    first = TuneProcess(onnx_file, root, tmp_path / "first.log")
+    try:
+        workers = first.wait_for_records(PER_ITER)
+        first.signal_group(signal.SIGINT)
+        assert first.popen.wait(timeout=120) == 130, first.log.read_text()
+    finally:
+        first.signal_group(signal.SIGKILL)
+    assert "(stopped early: interrupted)" in first.log.read_text()
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    interrupted = record_workloads(first.records)  # every line whole, every candidate measured
+    assert all(json.loads(line)[1][1][0] < 1e9 for line in lines(first.records))
+
+    # SIGKILL mid-run: a resumed run tunes only the rest; what it committed stays readable
+    second = TuneProcess(onnx_file, root, tmp_path / "second.log")
+    try:
+        workers = second.wait_for_records(len(interrupted) + 1)
+        assert workers  # killed while its builder and runner pools were up
+    finally:
+        second.signal_group(signal.SIGKILL)
+        second.popen.wait(timeout=30)
+    psutil.wait_procs(workers, timeout=10)
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    target = host.tvm_target()
+    tasks = ms.relax_integration.extract_tasks(run_to_tuning_point(model.mod, target, PipelineConfig()), target)
+    with tuning_db.open_for_tuning(root / "host", target) as database:  # repairs a cut last line
+        assert len(database) >= len(interrupted)
+        resumed = record_workloads(root / "host" / tuning_db.RECORDS)[len(interrupted):]
+        assert not set(resumed) & set(interrupted)  # the second run skipped what the first had tuned
+        assert sum(tuning_db.is_tuned(database, t, target) for t in tasks) == len(set(interrupted) | set(resumed))
+
+
+# ---------------------------------------------------------------------------------------- remote
+
+
+@pytest.fixture
+def tracker_with_server(tmp_path):
+    started: list[Process] = []
+    try:
+        port = free_port()
+        tracker = Process(tmp_path / "tracker.log", "tvm.exec.rpc_tracker", "--host", HOST, "--port", port, "--port-end", port + 1)
+        started.append(tracker)
+        wait_for(lambda: accepts(port), "the tracker", tracker)
+        server_port = free_port()
+        server = Process(tmp_path / "server.log", "tvm.exec.rpc_server", "--tracker", f"{HOST}:{port}", "--key", "tune",
+                         "--host", HOST, "--port", server_port, "--port-end", server_port + 1)
+        started.append(server)
+        wait_for(lambda: free_servers(port, "tune") == 1, "the RPC server", server)
+        yield port, server
+    finally:
+        for process in started:
+            process.kill()
+
+
+def test_slow_remote_tuning_measures_on_the_rpc_server(tracker_with_server, model, host, tmp_path):
+    port, server = tracker_with_server
+    remote = RemoteSpec(tracker=(HOST, port), key="tune", timeout_s=30)
+    options = TuneOptions(host, tuning_log=tmp_path, remote=remote, log_file=tmp_path / "tune.log",
+                          **{**FAST, "trials": KERNELS * 2, "trials_per_iter": 2})
+    report = tune_model(model, options)
+    assert report.trials >= KERNELS and all(t.errors == 0 and t.best_s for t in report.tasks)
+    assert len(lines(tmp_path / "host" / tuning_db.RECORDS)) == report.trials
+    assert server.log.read_text().count("load_module") >= report.trials  # measured there, not here
+    assert popen_workers_of(os.getpid()) == []
+
+
+def test_dead_tracker_is_one_line_error(onnx_file, tmp_path):
+    port = free_port()  # nothing listens
+    message = one_line_error("tune", onnx_file, "--target", "host", "--tuning-log", tmp_path,
+                             "--rpc-tracker", f"{HOST}:{port}", "--rpc-key", "tune")
+    assert f"cannot reach the RPC tracker at {HOST}:{port}" in message
+    assert not (tmp_path / "host").exists()
+
+
+def test_presets_this_machine_cannot_run_need_a_device(onnx_file, tmp_path):
+    message = one_line_error("tune", onnx_file, "--target", "cortex-a72", "--tuning-log", tmp_path)
+    assert "cannot be measured on this machine" in message and "--rpc-tracker" in message
