@@ -36,6 +36,7 @@ class Manifest:
     passes: tuple[Mapping[str, Any], ...]
     versions: Mapping[str, str]
     files: Mapping[str, str]  # file name -> sha256, every file but the manifest itself
+    tuning: Mapping[str, Any] | None = None  # what the tuning records covered; None: compiled without any
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +49,7 @@ class Manifest:
             "passes": [dict(p) for p in self.passes],
             "versions": dict(self.versions),
             "files": dict(self.files),
+            "tuning": None if self.tuning is None else dict(self.tuning),
         }
 
     @classmethod
@@ -61,6 +63,7 @@ class Manifest:
             passes=tuple(data["passes"]),
             versions=data["versions"],
             files=data["files"],
+            tuning=data.get("tuning"),
         )
 
 

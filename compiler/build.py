@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from compiler import __version__
 from compiler.artifact import Manifest, atomic_directory, sha256_file, write_manifest
@@ -28,16 +27,6 @@ if TYPE_CHECKING:
     from compiler.tuning_db import TuningSummary
 
 LIBRARY_NAME = "model.so"
-
-
-@dataclass(frozen=True)
-class CompiledManifest(Manifest):
-    """The manifest plus what the tuning records covered (None: compiled without any)."""
-
-    tuning: Mapping[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {**super().to_json(), "tuning": None if self.tuning is None else dict(self.tuning)}
 
 
 @dataclass(frozen=True)
@@ -58,7 +47,7 @@ def check_toolchain(preset: Preset) -> None:
         )
 
 
-def compile_model(model: ImportedModel, options: CompileOptions, out_dir: Path) -> CompiledManifest:
+def compile_model(model: ImportedModel, options: CompileOptions, out_dir: Path) -> Manifest:
     """Compile `model` for `options.preset` and publish the artifact at `out_dir`.
 
     Kernels the preset's tuning records know get their tuned schedule; the others keep TVM's
@@ -81,7 +70,7 @@ def compile_model(model: ImportedModel, options: CompileOptions, out_dir: Path) 
         fpack_imports = cuda_fpack_imports(preset.target["arch"]) if preset.device == "cuda" else None
         executable.export_library(str(staging / LIBRARY_NAME), fcompile=fcompile, fpack_imports=fpack_imports)
         files = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
-        manifest = CompiledManifest(
+        manifest = Manifest(
             library=LIBRARY_NAME,
             inputs=model.inputs,
             outputs=model.outputs,

@@ -187,3 +187,9 @@ def test_run_rejects_wrong_inputs(inputs, message, compiled):
     with pytest.raises(InputError) as error:
         model.run(inputs)
     assert message in str(error.value)
+
+
+def test_manifest_round_trips_through_read_manifest(compiled):
+    artifact = compiled("digits", "onnx", "host")
+    data = json.loads((artifact / "manifest.json").read_text())
+    assert read_manifest(artifact).to_json() == data
