@@ -37,6 +37,7 @@ class Manifest:
     versions: Mapping[str, str]
     files: Mapping[str, str]  # file name -> sha256, every file but the manifest itself
     tuning: Mapping[str, Any] | None = None  # what the tuning records covered; None: compiled without any
+    kernels: Mapping[str, int] | None = None  # kernels per inference before and after operator fusion
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -50,6 +51,7 @@ class Manifest:
             "versions": dict(self.versions),
             "files": dict(self.files),
             "tuning": None if self.tuning is None else dict(self.tuning),
+            "kernels": None if self.kernels is None else dict(self.kernels),
         }
 
     @classmethod
@@ -64,6 +66,7 @@ class Manifest:
             versions=data["versions"],
             files=data["files"],
             tuning=data.get("tuning"),
+            kernels=data.get("kernels"),
         )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compiler import __version__
+from compiler.accuracy import AccuracyGuard, guard_quantization
 from compiler.artifact import Manifest, atomic_directory, sha256_file, write_manifest
 from compiler.devicecode import cuda_fpack_imports, require_nvcc
 from compiler.errors import ToolchainError
@@ -33,6 +34,8 @@ LIBRARY_NAME = "model.so"
 class CompileOptions:
     preset: Preset
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    # With pipeline.quantize: keep the layers in float that push accuracy out of this band
+    accuracy_guard: AccuracyGuard | None = None
 
 
 def check_toolchain(preset: Preset) -> None:
@@ -61,8 +64,11 @@ def compile_model(model: ImportedModel, options: CompileOptions, out_dir: Path) 
     preset = options.preset
     check_toolchain(preset)
     target = preset.tvm_target()
-    with open_for_compile(options.pipeline.tuning_log, preset, target) as records:
-        result = run_pipeline(model.mod, target, options.pipeline, records)
+    pipeline, guard_report = guard_quantization(model.mod, options.pipeline, options.accuracy_guard)
+    with open_for_compile(pipeline.tuning_log, preset, target) as records:
+        result = run_pipeline(model.mod, target, pipeline, preset.layout, records)
+    if guard_report is not None:
+        result.reports["quantize"]["accuracy_guard"] = guard_report
     _warn_untuned(result.tuning, preset)
     executable = tvm.relax.build(result.mod, target, relax_pipeline=None)
     with atomic_directory(out_dir) as staging:
@@ -76,10 +82,11 @@ def compile_model(model: ImportedModel, options: CompileOptions, out_dir: Path) 
             outputs=model.outputs,
             target={**preset.to_json(), "tvm_target": json.loads(str(target)), "device_code": _device_code(preset)},
             model=model.source.to_json(),
-            passes=tuple(phase.to_json() for phase in result.phases),
+            passes=tuple(result.passes_json()),
             versions=_versions(),
             files=files,
             tuning=result.tuning.to_json() if result.tuning is not None else None,
+            kernels=result.kernels or None,
         )
         write_manifest(staging, manifest)
     return manifest

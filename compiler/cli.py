@@ -11,8 +11,9 @@ import enum
 import json
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -38,6 +39,36 @@ class Device(str, enum.Enum):
     rpc = "rpc"
 
 
+class Quantize(str, enum.Enum):
+    int8 = "int8"
+
+
+class CalibrationMethod(str, enum.Enum):
+    minmax = "minmax"
+    percentile = "percentile"
+    entropy = "entropy"
+
+
+class PruneCriterion(str, enum.Enum):
+    l1 = "l1"
+    l2 = "l2"
+
+
+class Layout(str, enum.Enum):
+    NCHW = "NCHW"
+    NHWC = "NHWC"
+
+
+QuantizeOption = Annotated[Optional[Quantize], typer.Option("--quantize", help="Post-training quantization of conv2d/matmul layers (needs --calibration-data).")]
+CalibrationDataOption = Annotated[Optional[Path], typer.Option("--calibration-data", help="FILE.npz: one array per input, keyed by input name, samples stacked on a new first axis.")]
+CalibrationMethodOption = Annotated[CalibrationMethod, typer.Option("--calibration-method", help="How activation ranges are chosen from the calibration data.")]
+PercentileOption = Annotated[float, typer.Option("--percentile", help="With --calibration-method percentile: the percentile of magnitudes that becomes the int8 range.")]
+KeepFloatOption = Annotated[Optional[str], typer.Option("--keep-float", help="LAYER,... left in float (names as conv2d_0, matmul_0: see the manifest's quantize report).")]
+EvalDataOption = Annotated[Optional[Path], typer.Option("--eval-data", help="With --quantize and --max-accuracy-drop: FILE.npz of inputs plus 'label' to guard accuracy with.")]
+MaxAccuracyDropOption = Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Largest accepted top-1 drop as a fraction (0.01 = one point); layers that cost most stay float.")]
+PruneOption = Annotated[Optional[float], typer.Option("--prune", help="Remove this fraction (0-1) of every prunable convolution's output channels.")]
+PruneCriterionOption = Annotated[PruneCriterion, typer.Option("--prune-criterion", help="Channel ranking for --prune: L1 or L2 norm of the channel's weights.")]
+LayoutOption = Annotated[Optional[Layout], typer.Option("--layout", help="Convolution data layout (default: the preset's, see `edgec targets`).")]
 DeviceOption = Annotated[Device, typer.Option("--device", "-d", help="local: this CPU, in this process; qemu: the C++ runner under qemu-user (aarch64 artifacts); rpc: a TVM RPC server, through a tracker or directly.")]
 RpcTrackerOption = Annotated[Optional[str], typer.Option("--rpc-tracker", help="HOST:PORT of the RPC tracker (with --rpc-key).")]
 RpcKeyOption = Annotated[Optional[str], typer.Option("--rpc-key", help="Device key the RPC servers registered with at the tracker.")]
@@ -76,6 +107,16 @@ def compile_command(
     dump_ir: Annotated[Optional[Path], typer.Option("--dump-ir", help="Write the IR after each pipeline phase into this directory.")] = None,
     tuning_log: TuningLogOption = Path("tuning_logs"),
     untuned: Annotated[bool, typer.Option("--untuned", help="Ignore tuning records: every kernel gets TVM's default schedule.")] = False,
+    quantize: QuantizeOption = None,
+    calibration_data: CalibrationDataOption = None,
+    calibration_method: CalibrationMethodOption = CalibrationMethod.percentile,
+    percentile: PercentileOption = 99.99,
+    keep_float: KeepFloatOption = None,
+    eval_data: EvalDataOption = None,
+    max_accuracy_drop: MaxAccuracyDropOption = None,
+    prune: PruneOption = None,
+    prune_criterion: PruneCriterionOption = PruneCriterion.l1,
+    layout: LayoutOption = None,
 ) -> None:
     """Compile MODEL for a target into an artifact directory (library + manifest.json).
 
@@ -83,23 +124,102 @@ def compile_command(
     """
     from compiler.build import CompileOptions, check_toolchain, compile_model
     from compiler.frontends import load_model, parse_input_shape
-    from compiler.pipeline import PipelineConfig
     from targets import resolve_target
 
     with user_errors():
         preset = resolve_target(target)
         check_toolchain(preset)
         shapes = dict(parse_input_shape(text) for text in input_shape or [])
+        graph = _GraphOptions.check(prune, prune_criterion, layout, quantize, calibration_data, calibration_method,
+                                    percentile, keep_float, eval_data, max_accuracy_drop)
         with console.status(f"importing {model.name}"):
             imported = load_model(model, shapes)
-        options = CompileOptions(preset, PipelineConfig(dump_ir=dump_ir, tuning_log=None if untuned else tuning_log))
+        config = graph.pipeline_config(imported, dump_ir=dump_ir, tuning_log=None if untuned else tuning_log)
         with console.status(f"compiling for {preset.name}"):
-            manifest = compile_model(imported, options, output)
+            manifest = compile_model(imported, CompileOptions(preset, config, graph.accuracy_guard(imported)), output)
     execution = manifest.target["execution"]
     typer.echo(f"compiled {model.name} for {preset.name} -> {output}/{manifest.library} ({execution['mode']}: {execution['reason']})")
+    _print_pass_reports(manifest)
     if manifest.tuning is not None:
         tuning = manifest.tuning
         typer.echo(f"tuning: {tuning['tuned']} of {tuning['tasks']} kernels tuned (records: {tuning['database']})")
+
+
+@dataclass(frozen=True)
+class _GraphOptions:
+    """The graph-pass options `compile` and `tune` share (they must see the same kernels)."""
+
+    prune: Any
+    layout: Any
+    quantize: Quantize | None
+    calibration_data: Path | None
+    calibration_method: CalibrationMethod
+    percentile: float
+    keep_float: tuple[str, ...]
+    eval_data: Path | None
+    max_accuracy_drop: float | None
+
+    @classmethod
+    def check(cls, prune, prune_criterion, layout, quantize, calibration_data, calibration_method, percentile,
+              keep_float, eval_data, max_accuracy_drop) -> _GraphOptions:
+        """Settings checked before the model is imported: one line naming what is wrong or missing."""
+        from passes import LayoutConfig, PruneConfig
+
+        if quantize is None:
+            extra = [name for name, value in (("--calibration-data", calibration_data), ("--keep-float", keep_float),
+                                              ("--max-accuracy-drop", max_accuracy_drop)) if value is not None]
+            if extra:
+                raise EdgecError(f"{', '.join(extra)} applies to quantization: add --quantize int8")
+        elif calibration_data is None:
+            raise EdgecError("--quantize int8 needs --calibration-data FILE.npz (inputs keyed by name, samples stacked on axis 0)")
+        if (eval_data is None) != (max_accuracy_drop is None):
+            raise EdgecError("the accuracy guard needs both --eval-data FILE.npz and --max-accuracy-drop FRACTION")
+        return cls(
+            prune=PruneConfig(prune, prune_criterion.value) if prune is not None else None,
+            layout=LayoutConfig(layout.value) if layout is not None else None,
+            quantize=quantize, calibration_data=calibration_data, calibration_method=calibration_method,
+            percentile=percentile, keep_float=tuple(n.strip() for n in (keep_float or "").split(",") if n.strip()),
+            eval_data=eval_data, max_accuracy_drop=max_accuracy_drop,
+        )
+
+    def pipeline_config(self, imported, **settings):
+        from compiler.evaluate import load_eval_data
+        from compiler.pipeline import PipelineConfig
+        from passes import QuantizeConfig
+
+        quantize = None
+        if self.quantize is not None:
+            samples, _ = load_eval_data(self.calibration_data, imported.inputs, what="calibration data")
+            quantize = QuantizeConfig(tuple(samples), self.calibration_method.value, self.percentile, self.keep_float,
+                                      str(self.calibration_data))
+        return PipelineConfig(prune=self.prune, layout=self.layout, quantize=quantize, **settings)
+
+    def accuracy_guard(self, imported):
+        if self.max_accuracy_drop is None:
+            return None
+        from compiler.accuracy import AccuracyGuard
+        from compiler.evaluate import load_eval_data
+
+        samples, labels = load_eval_data(self.eval_data, imported.inputs)
+        return AccuracyGuard(tuple(samples), labels, self.max_accuracy_drop, str(self.eval_data))
+
+
+def _print_pass_reports(manifest) -> None:
+    """One line per pass that changed the model: what it did."""
+    for phase in manifest.passes:
+        report = phase.get("report")
+        if phase["phase"] == "prune" and report:
+            typer.echo(f"pruned: {report['flops_before'] / 1e9:.3g} -> {report['flops_after'] / 1e9:.3g} GFLOP, "
+                       f"{len(report['layers'])} layers pruned, {len(report['left_alone'])} left alone")
+        if phase["phase"] == "quantize" and report:
+            kept = ", ".join(report["kept_float"]) or "none"
+            typer.echo(f"quantized: {report['quantized']} layers int8 ({report['method']} calibration), kept float: {kept}")
+            guard = report.get("accuracy_guard")
+            if guard:
+                typer.echo(f"accuracy guard: {guard['metric']} {guard['float_accuracy']:.4f} float -> "
+                           f"{guard['quantized_accuracy']:.4f} int8 (drop {guard['drop']:.4f}, band {guard['max_drop']})")
+    if manifest.kernels:
+        typer.echo(f"kernels: {manifest.kernels['before_fusion']} operators -> {manifest.kernels['after_fusion']} after fusion")
 
 
 @app.command("tune")
@@ -115,10 +235,22 @@ def tune_command(
     rpc_key: RpcKeyOption = None,
     timeout: TimeoutOption = 60.0,
     input_shape: InputShapeOption = None,
+    quantize: QuantizeOption = None,
+    calibration_data: CalibrationDataOption = None,
+    calibration_method: CalibrationMethodOption = CalibrationMethod.percentile,
+    percentile: PercentileOption = 99.99,
+    keep_float: KeepFloatOption = None,
+    eval_data: EvalDataOption = None,
+    max_accuracy_drop: MaxAccuracyDropOption = None,
+    prune: PruneOption = None,
+    prune_criterion: PruneCriterionOption = PruneCriterion.l1,
+    layout: LayoutOption = None,
+    history: Annotated[Optional[Path], typer.Option("--history", help="Append one JSON line per measured batch (seconds, trials, estimated latency) to this file.")] = None,
 ) -> None:
     """Tune MODEL's kernels for a target with MetaSchedule, here or on an RPC device; records go to tuning_logs/<preset>/.
 
     Records are written after every batch, and kernels that have one are skipped: a stopped run resumes.
+    Give the same --quantize/--prune/--layout options as to `edgec compile`: they change the kernels.
     """
     from compiler.frontends import load_model, parse_input_shape
     from compiler.rpc import RemoteSpec, parse_host_port
@@ -131,16 +263,39 @@ def tune_command(
         if rpc_tracker or rpc_key:
             tracker = parse_host_port(rpc_tracker, "--rpc-tracker") if rpc_tracker else None
             remote = RemoteSpec(tracker=tracker, key=rpc_key, timeout_s=timeout)
-        options = TuneOptions(preset, trials=trials, time_budget_s=None if time_budget is None else time_budget * 60,
-                              trials_per_iter=trials_per_iter, tuning_log=tuning_log, remote=remote, population=population)
+        graph = _GraphOptions.check(prune, prune_criterion, layout, quantize, calibration_data, calibration_method,
+                                    percentile, keep_float, eval_data, max_accuracy_drop)
         shapes = dict(parse_input_shape(text) for text in input_shape or [])
         with console.status(f"importing {model.name}"):
             imported = load_model(model, shapes)
+        options = TuneOptions(preset, trials=trials, time_budget_s=None if time_budget is None else time_budget * 60,
+                              trials_per_iter=trials_per_iter, tuning_log=tuning_log, remote=remote, population=population,
+                              history=history, pipeline=graph.pipeline_config(imported),
+                              accuracy_guard=graph.accuracy_guard(imported))
         with _TuneDisplay(preset.name, options.time_budget_s, show_planned=trials is not None or time_budget is None) as display:
             report = tune_model(imported, options, display.update)
     _print_tune_summary(report)
     if report.stopped == "interrupted":
         raise typer.Exit(130)
+
+
+@app.command("compact-records")
+def compact_records_command(
+    target: Annotated[str, typer.Option("--target", "-t", help="Preset whose database to compact.")],
+    tuning_log: TuningLogOption = Path("tuning_logs"),
+) -> None:
+    """Keep only the best record of every kernel in a preset's tuning database (small enough to ship)."""
+    from compiler.tuning_db import compact, database_dir
+    from targets import resolve_target
+
+    with user_errors():
+        preset = resolve_target(target)
+        directory = database_dir(tuning_log, preset)
+        if not directory.is_dir():
+            raise EdgecError(f"no tuning database at {directory}; tune first with: edgec tune MODEL --target {preset.name}")
+        report = compact(directory, preset.tvm_target())
+    typer.echo(f"{report.directory}: {report.workloads} kernels, {report.records_before} -> {report.records_after} records, "
+               f"{report.bytes_before / 1e6:.2f} -> {report.bytes_after / 1e6:.2f} MB")
 
 
 def _print_tune_summary(report) -> None:
@@ -290,6 +445,37 @@ def _remote_spec(device: Device, tracker: str | None, key: str | None, address: 
         address=parse_host_port(address, "--rpc") if address else None,
         timeout_s=timeout,
     )
+
+
+@app.command("evaluate")
+def evaluate_command(
+    artifact: Annotated[Path, typer.Argument(help="Artifact directory written by `edgec compile`.")],
+    eval_data: Annotated[Path, typer.Option("--eval-data", help="FILE.npz: one array per input keyed by input name, samples on a new first axis, optional 'label' (N,).")],
+    reference: Annotated[Optional[Path], typer.Option("--reference", help="Float model to compare with (.onnx via onnxruntime, .pt2 via PyTorch); default: the model the artifact was compiled from.")] = None,
+    device: Annotated[Device, typer.Option("--device", "-d", help="local: this CPU, in this process; qemu: the C++ runner under qemu-user (aarch64 artifacts).")] = Device.local,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+) -> None:
+    """Accuracy of an artifact: top-1 (with labels), top-1 agreement with the float reference, SQNR of outputs."""
+    from compiler.evaluate import evaluate, load_eval_data, manifest_reference, reference_runner
+    from compiler.runtime import open_model
+
+    with user_errors():
+        if device == Device.rpc:
+            raise EdgecError("evaluate runs --device local or qemu; for a remote device, fetch outputs with `edgec run --device rpc`")
+        model = open_model(artifact, device.value)
+        samples, labels = load_eval_data(eval_data, model.manifest.inputs)
+        reference_path = reference or manifest_reference(model.manifest.model)
+        float_model = reference_runner(reference_path, model.manifest.inputs)
+        with console.status(f"evaluating {len(samples)} samples"):
+            report = evaluate(lambda x: list(model.run(x).values()), float_model, samples, labels, str(reference_path))
+    if as_json:
+        typer.echo(json.dumps(report.to_json()))
+        return
+    if report.top1_accuracy is not None:
+        typer.echo(f"top-1 accuracy: {report.top1_accuracy:.4f} (reference {report.reference_top1_accuracy:.4f}, "
+                   f"drop {report.reference_top1_accuracy - report.top1_accuracy:+.4f})")
+    typer.echo(f"top-1 agreement with {report.reference}: {report.top1_agreement:.4f} over {report.samples} samples")
+    typer.echo(f"SQNR: {report.sqnr_db:.1f} dB, max abs diff {report.max_abs_diff:.3g}")
 
 
 @app.command("package")

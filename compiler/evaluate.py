@@ -40,40 +40,44 @@ class EvalReport:
         return data
 
 
-def load_eval_data(path: Path, specs: Sequence[TensorSpec]) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
-    """Split FILE.npz into per-sample input dicts (checked against `specs`) and the optional labels."""
+def load_eval_data(path: Path, specs: Sequence[TensorSpec], what: str = "evaluation data"
+                   ) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
+    """Split FILE.npz into per-sample input dicts (checked against `specs`) and the optional labels.
+
+    `what` names the data in errors (evaluation data, calibration data).
+    """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"evaluation data '{path}' does not exist")
+        raise InputError(f"{what} '{path}' does not exist")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except (ValueError, OSError) as err:
-        raise InputError(f"evaluation data '{path}' is not an .npz file ({err}); write it with numpy.savez") from err
+        raise InputError(f"{what} '{path}' is not an .npz file ({err}); write it with numpy.savez") from err
     labels = arrays.pop(LABEL_KEY, None)
     expected = [spec.name for spec in specs]
     if sorted(arrays) != sorted(expected):
-        raise InputError(f"evaluation data '{path}' has arrays {', '.join(sorted(arrays)) or 'none'}; the model's inputs are: "
+        raise InputError(f"{what} '{path}' has arrays {', '.join(sorted(arrays)) or 'none'}; the model's inputs are: "
                          f"{', '.join(expected)} (plus optional '{LABEL_KEY}')")
-    samples = [_samples(spec, arrays[spec.name], path) for spec in specs]
+    samples = [_samples(spec, arrays[spec.name], path, what) for spec in specs]
     count = len(samples[0])
     if any(len(s) != count for s in samples) or (labels is not None and labels.shape != (count,)):
-        raise InputError(f"evaluation data '{path}': every array (and '{LABEL_KEY}', shape (N,)) needs the same sample count N")
+        raise InputError(f"{what} '{path}': every array (and '{LABEL_KEY}', shape (N,)) needs the same sample count N")
     per_sample = [{spec.name: s[i] for spec, s in zip(specs, samples)} for i in range(count)]
     return per_sample, labels
 
 
-def _samples(spec: TensorSpec, array: np.ndarray, path: Path) -> np.ndarray:
+def _samples(spec: TensorSpec, array: np.ndarray, path: Path, what: str) -> np.ndarray:
     if array.shape[1:] == spec.shape:
         stacked = array
     elif spec.shape[:1] == (1,) and array.shape[1:] == spec.shape[1:]:
         stacked = array[:, None]
     else:
         shape = "x".join(map(str, spec.shape))
-        raise InputError(f"evaluation data '{path}': '{spec.name}' has shape {'x'.join(map(str, array.shape))}; "
+        raise InputError(f"{what} '{path}': '{spec.name}' has shape {'x'.join(map(str, array.shape))}; "
                          f"expected N x {shape} (samples stacked on a new first axis)")
     if str(stacked.dtype) != spec.dtype:
-        raise InputError(f"evaluation data '{path}': '{spec.name}' is {stacked.dtype}; the model expects {spec.dtype}")
+        raise InputError(f"{what} '{path}': '{spec.name}' is {stacked.dtype}; the model expects {spec.dtype}")
     return stacked
 
 
@@ -82,8 +86,6 @@ def evaluate(run: Runner, reference: Runner, samples: Sequence[Mapping[str, np.n
     """Run both on every sample and compare: top-1 (first output), SQNR and max abs diff (all outputs)."""
     ours = [list(run(sample)) for sample in samples]
     theirs = [list(reference(sample)) for sample in samples]
-    signal = sum(float(np.sum(np.square(r.astype(np.float64)))) for outs in theirs for r in outs)
-    noise = sum(float(np.sum(np.square(o.astype(np.float64) - r))) for a, b in zip(ours, theirs) for o, r in zip(a, b))
     top1 = np.array([outs[0].reshape(-1).argmax() for outs in ours])
     reference_top1 = np.array([outs[0].reshape(-1).argmax() for outs in theirs])
     return EvalReport(
@@ -91,10 +93,17 @@ def evaluate(run: Runner, reference: Runner, samples: Sequence[Mapping[str, np.n
         top1_accuracy=None if labels is None else float((top1 == labels).mean()),
         reference_top1_accuracy=None if labels is None else float((reference_top1 == labels).mean()),
         top1_agreement=float((top1 == reference_top1).mean()),
-        sqnr_db=_sqnr_db(signal, noise),
+        sqnr_db=sqnr_db([o for outs in ours for o in outs], [r for outs in theirs for r in outs]),
         max_abs_diff=max(float(np.abs(o - r).max()) for a, b in zip(ours, theirs) for o, r in zip(a, b)),
         reference=reference_name,
     )
+
+
+def sqnr_db(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
+    """Signal-to-noise ratio in dB of `outputs` against `reference` (paired arrays), inf when equal."""
+    signal = sum(float(np.sum(np.square(r.astype(np.float64)))) for r in reference)
+    noise = sum(float(np.sum(np.square(o.astype(np.float64) - r))) for o, r in zip(outputs, reference))
+    return _sqnr_db(signal, noise)
 
 
 def _sqnr_db(signal: float, noise: float) -> float:

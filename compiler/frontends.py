@@ -117,10 +117,13 @@ def import_onnx(
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
+    from compiler.onnx_qoperator import qoperators_as_qdq
+
     opset = _onnx_opset(model)
     model = _without_initializer_inputs(model)
     inputs = _onnx_inputs(model, dict(input_shapes or {}))
     model = _with_static_inputs(model, inputs)
+    model = qoperators_as_qdq(model)
     _check_and_infer(model)
     _check_onnx_operators(model.graph, opset)
     try:

@@ -3,9 +3,9 @@
 A pipeline is a flat list of phases; each phase is a named list of passes. `--dump-ir DIR` writes
 the module after every phase as `NN-<phase>.py` (TVMScript), which is how a compile is debugged.
 
-MetaSchedule tunes the module as it stands after TUNING_POINT (`run_to_tuning_point`, used by
-`edgec tune`); a compile with tuning records applies them right there ("apply-tuning"), so both see
-the same tasks.
+MetaSchedule tunes the module as it stands before the tuning records apply (`run_to_tuning_point`,
+used by `edgec tune`); a compile with tuning records applies them right there ("apply-tuning"), so
+both see the same tasks.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import tvm.relax.backend.cpu_generic.pipeline  # noqa: F401  (pass lists live in
 import tvm.relax.backend.cuda.pipeline  # noqa: F401
 import tvm.relax.backend.gpu_generic.pipeline  # noqa: F401
 
-from passes import simplify_for_inference
+from passes import (LayoutConfig, PruneConfig, QuantizeConfig, convert_layout, lower_qdq_to_integer, prune_channels,
+                    quantize_int8, simplify_for_inference)
 
 if TYPE_CHECKING:
     from compiler.tuning_db import TuningRecords, TuningSummary
@@ -32,25 +33,39 @@ _BACKENDS: dict[str, Callable[[], Any]] = {
     "cuda": lambda: relax.backend.cuda.pipeline,
     "opencl": lambda: relax.backend.gpu_generic.pipeline,
 }
+# Target kinds whose tuned kernels may choose their own weight layout (MetaSchedule's layout rewrite):
+# on CPUs a kernel that reads weights in the order its loops walk them is what makes conv fast.
+_WEIGHT_PREPACK_KINDS = frozenset({"llvm"})
+# The phase that fuses operators into kernels (its kernel count before and after goes to the manifest)
+FUSION_PHASE = "legalize-fuse"
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """What the user asked of the pipeline. Passes added by later options read their settings here."""
+    """What the user asked of the pipeline; each optional pass reads its settings here."""
 
     dump_ir: Path | None = None
     # Root of the tuning databases, one per preset (`<root>/<preset>/`, see compiler/tuning_db.py);
     # relative paths are relative to the working directory. None: ignore tuning records.
     tuning_log: Path | None = Path("tuning_logs")
+    prune: PruneConfig | None = None  # --prune RATIO [--prune-criterion]
+    layout: LayoutConfig | None = None  # --layout; None: the preset's own layout
+    quantize: QuantizeConfig | None = None  # --quantize int8 with its calibration data
 
 
 @dataclass(frozen=True)
 class Phase:
     name: str
     passes: tuple[tvm.transform.Pass, ...]
+    settings: dict[str, Any] | None = None  # what the user chose for this phase (for the manifest)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"phase": self.name, "passes": [p.info.name for p in self.passes]}
+    def to_json(self, report: dict[str, Any] | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"phase": self.name, "passes": [p.info.name for p in self.passes]}
+        if self.settings is not None:
+            out["settings"] = self.settings
+        if report is not None:
+            out["report"] = report
+        return out
 
 
 @dataclass(frozen=True)
@@ -58,55 +73,143 @@ class PipelineResult:
     mod: tvm.IRModule
     phases: tuple[Phase, ...] = field(default=())
     tuning: TuningSummary | None = None  # what the tuning records covered, when a database was applied
+    reports: dict[str, Any] = field(default_factory=dict)  # phase name -> what its passes reported
+    kernels: dict[str, int] = field(default_factory=dict)  # "before-fusion"/"after-fusion" -> kernel count
+
+    def passes_json(self) -> list[dict[str, Any]]:
+        """Every phase with its passes, settings and report: the manifest's `passes`."""
+        return [phase.to_json(self.reports.get(phase.name)) for phase in self.phases]
 
 
-# The phase after which MetaSchedule extracts its tasks: every PrimFunc is final (fused, legalized).
-TUNING_POINT = "legalize-fuse"
-
-
-def build_phases(config: PipelineConfig, target: tvm.target.Target, records: TuningRecords | None = None) -> list[Phase]:
+def build_phases(
+    config: PipelineConfig,
+    target: tvm.target.Target,
+    layout: str = "NCHW",
+    records: TuningRecords | None = None,
+    reports: dict[str, Any] | None = None,
+) -> list[Phase]:
     """The ordered phases for `target`: edgec's graph passes first, then TVM's lowering.
 
-    With tuning `records`, their schedules replace the default ones right after TUNING_POINT.
+    `layout` is the preset's conv layout (config.layout overrides it). Passes that report what they
+    did (pruning, quantization) put it into `reports` under their phase name. With tuning `records`,
+    their schedules replace the default ones right after the tuning point.
     """
+    return [*_phases_to_tuning_point(config, target, layout, reports), *_phases_after_tuning(target, records)]
+
+
+def _phases_to_tuning_point(config: PipelineConfig, target: tvm.target.Target, layout: str,
+                            reports: dict[str, Any] | None) -> list[Phase]:
     backend = _backend(target)
-    return [
+    reports = reports if reports is not None else {}
+    layout_config = config.layout or LayoutConfig(layout)
+    phases = [
         # edgec graph passes, on the imported module with bound weights
         Phase("simplify", (simplify_for_inference(),)),
+        # a pre-quantized (QDQ) model gets integer kernels; a float model passes unchanged
+        Phase("lower-qdq", (lower_qdq_to_integer(lambda r: reports.__setitem__("lower-qdq", r.to_json())),)),
+    ]
+    if config.prune is not None:
+        phases.append(Phase("prune", (prune_channels(config.prune, lambda r: reports.__setitem__("prune", r.to_json())),),
+                            config.prune.to_json()))
+    if config.quantize is not None:
+        phases.append(Phase("quantize", (quantize_int8(config.quantize, lambda r: reports.__setitem__("quantize", r.to_json())),),
+                            config.quantize.to_json()))
+    phases += [
+        Phase("layout", (convert_layout(layout_config),), {"layout": layout_config.layout,
+                                                            "chosen_by": "--layout" if config.layout else "preset"}),
         # TVM: library dispatch, legalization to TIR, operator fusion (conv+bias+activation in one kernel)
         Phase("dispatch", tuple(backend.library_dispatch_passes(target))),
         Phase("legalize-fuse", tuple(backend.legalize_passes(target))),
-        # MetaSchedule: the best measured schedule of every task the records know (TUNING_POINT)
-        *([Phase("apply-tuning", (records.apply_pass(),))] if records is not None else []),
+    ]
+    if target.kind.name in _WEIGHT_PREPACK_KINDS:
+        # Weights are constants, so a tuned kernel may ask for them in any layout
+        phases.append(Phase("mark-prepack", (relax.transform.AttachAttrLayoutFreeBuffers(),)))
+    return phases
+
+
+def _phases_after_tuning(target: tvm.target.Target, records: TuningRecords | None) -> list[Phase]:
+    backend = _backend(target)
+    phases = []
+    if records is not None:
+        # MetaSchedule: the best measured schedule of every task the records know
+        phases.append(Phase("apply-tuning", (records.apply_pass(),)))
+        if target.kind.name in _WEIGHT_PREPACK_KINDS:
+            # The weight layouts tuned kernels chose are computed now, at compile time: each kernel's
+            # weight transform is split out into its own function and folded into new constants.
+            phases.append(Phase("prepack-weights", (relax.transform.SplitLayoutRewritePreproc(),
+                                                    relax.transform.FoldConstant(),
+                                                    relax.transform.DeadCodeElimination())))
+    return [
+        *phases,
         # TVM: from dataflow graph to VM-executable form with planned memory
         Phase("lower", tuple(backend.dataflow_lower_passes(target))),
         Phase("finalize", tuple(backend.finalize_passes(target))),
     ]
 
 
-def run_pipeline(
-    mod: tvm.IRModule, target: tvm.target.Target, config: PipelineConfig, records: TuningRecords | None = None
-) -> PipelineResult:
+def run_pipeline(mod: tvm.IRModule, target: tvm.target.Target, config: PipelineConfig, layout: str = "NCHW",
+                 records: TuningRecords | None = None) -> PipelineResult:
     """Apply every phase in order under `target`, dumping the IR after each when asked."""
-    phases = build_phases(config, target, records)
-    mod = _run_phases(mod, target, config, phases)
-    return PipelineResult(mod, tuple(phases), records.summary if records is not None else None)
+    reports: dict[str, Any] = {}
+    phases = build_phases(config, target, layout, records, reports)
+    kernels: dict[str, int] = {}
+    mod = _run_phases(mod, target, config, phases, kernels)
+    return PipelineResult(mod, tuple(phases), records.summary if records is not None else None, reports, kernels)
 
 
-def run_to_tuning_point(mod: tvm.IRModule, target: tvm.target.Target, config: PipelineConfig) -> tvm.IRModule:
-    """The module MetaSchedule tunes: the phases up to and including TUNING_POINT, as a compile runs them."""
-    phases = build_phases(config, target)
-    names = [phase.name for phase in phases]
-    return _run_phases(mod, target, config, phases[: names.index(TUNING_POINT) + 1])
+def run_to_tuning_point(mod: tvm.IRModule, target: tvm.target.Target, config: PipelineConfig,
+                        layout: str = "NCHW") -> tvm.IRModule:
+    """The module MetaSchedule tunes: the phases before tuning records apply, as a compile runs them."""
+    return _run_phases(mod, target, config, _phases_to_tuning_point(config, target, layout, None), {})
 
 
-def _run_phases(mod: tvm.IRModule, target: tvm.target.Target, config: PipelineConfig, phases: list[Phase]) -> tvm.IRModule:
+# The phases that rewrite the model's graph itself, before any target-specific lowering
+GRAPH_PHASES = ("simplify", "lower-qdq", "prune", "quantize")
+
+
+def run_graph_passes(mod: tvm.IRModule, config: PipelineConfig) -> tvm.IRModule:
+    """The model after edgec's graph phases only (still target-independent): what quantization sees."""
+    host = tvm.target.Target({"kind": "llvm"})
+    phases = [p for p in _phases_to_tuning_point(config, host, "NCHW", None) if p.name in GRAPH_PHASES]
+    return _run_phases(mod, host, config, phases, {})
+
+
+def count_kernels(mod: tvm.IRModule) -> int:
+    """Kernels run per inference: operator calls and compiled-function calls in `main`, fused groups
+    that are still Relax functions counted by their contents."""
+    count = 0
+
+    def visit(expr):
+        nonlocal count
+        if not isinstance(expr, relax.Call):
+            return
+        if isinstance(expr.op, tvm.ir.Op) and not expr.op.name.startswith(_BOOKKEEPING_OPS):
+            count += 1
+        elif isinstance(expr.op, relax.GlobalVar) and isinstance(mod[expr.op], relax.Function):
+            relax.analysis.post_order_visit(mod[expr.op].body, visit)
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    return count
+
+
+# Calls that move no tensor data through a kernel of their own
+_BOOKKEEPING_OPS = ("relax.memory.", "relax.builtin.", "relax.vm.", "relax.null_value", "relax.shape_of",
+                    "relax.call_pure_packed")
+
+
+def _run_phases(mod: tvm.IRModule, target: tvm.target.Target, config: PipelineConfig, phases: list[Phase],
+                kernels: dict[str, int]) -> tvm.IRModule:
+    """Run `phases`; `kernels` gets the kernel count before and after the fusing phase."""
     if config.dump_ir is not None:
         config.dump_ir.mkdir(parents=True, exist_ok=True)
         _dump(config.dump_ir, 0, "imported", mod)
     with target, tvm.transform.PassContext(opt_level=3):
         for index, phase in enumerate(phases, start=1):
+            if phase.name == FUSION_PHASE:
+                kernels["before_fusion"] = count_kernels(mod)
             mod = tvm.transform.Sequential(list(phase.passes), name=phase.name)(mod)
+            if phase.name == FUSION_PHASE:
+                kernels["after_fusion"] = count_kernels(mod)
             if config.dump_ir is not None:
                 _dump(config.dump_ir, index, phase.name, mod)
     return mod

@@ -14,6 +14,7 @@ and only the CPU tensor intrinsics are imported (compiler.tuning_db.import_cpu_i
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -33,6 +34,7 @@ from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
 from compiler import tuning_db
+from compiler.accuracy import AccuracyGuard, guard_quantization
 from compiler.errors import TuningError
 from compiler.frontends import ImportedModel
 from compiler.pipeline import PipelineConfig, run_to_tuning_point
@@ -64,6 +66,8 @@ class TuneOptions:
     seed: int | None = None
     population: int = 512  # candidates the evolutionary search evolves per batch (its population_size)
     log_file: Path | None = None  # MetaSchedule's own log; None: a new file in the temp directory
+    history: Path | None = None  # JSON lines, one per measured batch: elapsed s, trials, estimated total
+    accuracy_guard: AccuracyGuard | None = None  # as in compile: float layers chosen first, then tuned
 
     def __post_init__(self) -> None:
         if self.trials is not None and self.trials < 1:
@@ -126,8 +130,11 @@ ProgressCallback = Callable[[Sequence[TaskProgress], float], None]  # (tasks, se
 def tune_model(model: ImportedModel, options: TuneOptions, on_progress: ProgressCallback | None = None) -> TuneReport:
     """Tune every task of `model` that the preset's database lacks; records are committed per batch."""
     start = time.monotonic()
+    if options.history is not None:
+        on_progress = _with_history(on_progress, options.history)
     target = _check_can_tune(options)
-    mod = run_to_tuning_point(model.mod, target, options.pipeline)
+    pipeline, _ = guard_quantization(model.mod, options.pipeline, options.accuracy_guard)
+    mod = run_to_tuning_point(model.mod, target, pipeline, options.preset.layout)
     tasks = ms.relax_integration.extract_tasks(mod, target)
     directory = tuning_db.database_dir(options.tuning_log, options.preset)
     stopped, log_file = None, None
@@ -224,6 +231,22 @@ def _new_log_file(preset: str) -> Path:
     fd, path = tempfile.mkstemp(prefix=f"edgec-tune-{preset}-", suffix=".log")
     os.close(fd)
     return Path(path)
+
+
+def _with_history(on_progress: ProgressCallback | None, path: Path) -> ProgressCallback:
+    """Also append each progress point to `path` (how the estimate fell with trials and time)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def notify(tasks: Sequence[TaskProgress], elapsed_s: float) -> None:
+        point = {"elapsed_s": round(elapsed_s, 1), "trials": sum(t.trials for t in tasks),
+                 "estimated_ms": float(f"{estimated_s(tasks) * 1e3:.6g}"),
+                 "kernels_measured": sum(t.best_s is not None for t in tasks), "kernels": len(tasks)}
+        with path.open("a") as out:
+            out.write(json.dumps(point) + "\n")
+        if on_progress is not None:
+            on_progress(tasks, elapsed_s)
+
+    return notify
 
 
 def _notify(on_progress: ProgressCallback | None, progress: Sequence[TaskProgress], start: float) -> None:

@@ -226,6 +226,47 @@ def _locked(directory: Path) -> Iterator[None]:
         yield
 
 
+@dataclass(frozen=True)
+class CompactReport:
+    directory: Path
+    workloads: int
+    records_before: int
+    records_after: int
+    bytes_before: int
+    bytes_after: int
+
+
+def compact(directory: Path, target: tvm.target.Target) -> CompactReport:
+    """Keep only the fastest valid record of every workload (what a compile uses), for shipping.
+
+    Workloads without a valid measurement are dropped with their failed records; the database is
+    locked and both files are replaced atomically.
+    """
+    directory = Path(directory)
+    reason = foreign_reason(directory, target)
+    if reason is not None:
+        raise TuningError(f"the tuning database {directory} is not for this target: {reason}")
+    with _locked(directory):
+        size = lambda: sum((directory / name).stat().st_size for name in (WORKLOADS, RECORDS)  # noqa: E731
+                           if (directory / name).is_file())
+        before = size()
+        repaired = read_repaired(directory)
+        best: dict[int, tuple[float, list]] = {}
+        for line in repaired.records:
+            row = _record(line)
+            run_secs = row[1][1]
+            if not run_secs or any(v >= 1e9 for v in run_secs):  # MetaSchedule's mark of a failed run
+                continue
+            mean = sum(run_secs) / len(run_secs)
+            if row[0] not in best or mean < best[row[0]][0]:
+                best[row[0]] = (mean, row[1])
+        kept = sorted(best)
+        workloads = [repaired.workloads[i] for i in kept]
+        records = [json.dumps([new, best[old][1]], separators=(",", ":")) for new, old in enumerate(kept)]
+        Repaired(workloads, records, 0).write(directory)
+        return CompactReport(directory, len(workloads), len(repaired.records), len(records), before, size())
+
+
 def is_tuned(database: ms.database.Database, task: ms.ExtractedTask, target: tvm.target.Target) -> bool:
     """Whether the database holds a valid measured schedule for the task's workload."""
     return database.query_tuning_record(task.dispatched[0], target, task.task_name) is not None

@@ -1,6 +1,10 @@
 """edgec's own IRModule -> IRModule passes, one per file; `compiler/pipeline.py` orders them."""
 
+from passes.layout import LayoutConfig, convert_layout
+from passes.qdq import lower_qdq_to_integer
 from passes.prune import PruneConfig, PruneReport, plan_pruning, prune_channels
+from passes.quantize import QuantizeConfig, quantize_int8
 from passes.simplify import simplify_for_inference
 
-__all__ = ["PruneConfig", "PruneReport", "plan_pruning", "prune_channels", "simplify_for_inference"]
+__all__ = ["LayoutConfig", "PruneConfig", "PruneReport", "QuantizeConfig", "convert_layout", "lower_qdq_to_integer", "plan_pruning",
+           "prune_channels", "quantize_int8", "simplify_for_inference"]

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax
 
 from compiler.errors import EdgecError
@@ -35,6 +36,7 @@ _ELEMENTWISE_BINARY = {"relax.add", "relax.subtract", "relax.multiply", "relax.d
 _OUTPUT = "its channels reach the model output"
 
 
+@tvm_ffi.register_error
 class PruneError(EdgecError):
     """A pruning setting is out of range."""
 

@@ -20,6 +20,8 @@ _X86_64 = dict(triple="x86_64-linux-gnu", cross_compiler=None, apt_package="g++"
 _AARCH64 = dict(triple="aarch64-linux-gnu", cross_compiler="aarch64-linux-gnu-g++",
                 apt_package="g++-aarch64-linux-gnu", runtime_wheel_platform="manylinux_2_28_aarch64",
                 elf_machine="aarch64")
+# ARM CPU kernels vectorize over channels (NEON lanes), as ARM's own libraries do: NHWC.
+_ARM_CPU_LAYOUT = dict(layout="NHWC")
 _QEMU_AARCH64 = dict(emulator="qemu-aarch64", emulator_sysroot="/usr/aarch64-linux-gnu")
 _NO_EMULATOR = dict(emulator=None, emulator_sysroot=None)
 _ARMV7 = dict(triple="arm-linux-gnueabihf", cross_compiler="arm-linux-gnueabihf-g++",
@@ -40,7 +42,7 @@ def _cpu(mtriple: str, mcpu: str, *mattr: str, cores: int | None = 4, **extra) -
 _ARMV7_PRESET = Preset(
     "armv7", "32-bit ARMv7 boards (Cortex-A7, NEON, hard float)",
     target=_cpu("armv7a-linux-gnueabihf", "cortex-a7", "+neon", **{"mfloat-abi": "hard"}),
-    host=None, device="cpu", required_cpu_features=("neon",),
+    host=None, device="cpu", required_cpu_features=("neon",), **_ARM_CPU_LAYOUT,
     notes="compile-only: no TVM runtime wheel exists for armv7; build the runtime on the device", **_ARMV7)
 # CUDA limits as in TVM's nvidia/* tags; MetaSchedule reads them.
 _CUDA_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152}
@@ -55,13 +57,13 @@ PRESETS: tuple[Preset, ...] = (
                                   "avx512vl", "avx512cd", "avx512_vnni"), **_X86_64),
     Preset("cortex-a53", "Raspberry Pi 3 and other Cortex-A53 boards (4x Cortex-A53, NEON)",
            target=_cpu("aarch64-linux-gnu", "cortex-a53", "+neon"), host=None, device="cpu",
-           required_cpu_features=("asimd",), **_AARCH64, **_QEMU_AARCH64),
+           required_cpu_features=("asimd",), **_AARCH64, **_QEMU_AARCH64, **_ARM_CPU_LAYOUT),
     Preset("cortex-a72", "Raspberry Pi 4 (4x Cortex-A72, NEON)",
            target=_cpu("aarch64-linux-gnu", "cortex-a72", "+neon"), host=None, device="cpu",
-           required_cpu_features=("asimd",), **_AARCH64, **_QEMU_AARCH64),
+           required_cpu_features=("asimd",), **_AARCH64, **_QEMU_AARCH64, **_ARM_CPU_LAYOUT),
     Preset("cortex-a76", "Raspberry Pi 5 (4x Cortex-A76, NEON, dot product)",
            target=_cpu("aarch64-linux-gnu", "cortex-a76", "+neon", "+dotprod"), host=None, device="cpu",
-           required_cpu_features=("asimd", "asimddp", "asimdhp"), **_AARCH64, **_QEMU_AARCH64),
+           required_cpu_features=("asimd", "asimddp", "asimdhp"), **_AARCH64, **_QEMU_AARCH64, **_ARM_CPU_LAYOUT),
     _ARMV7_PRESET,
     Preset("mali-g52", "Mali-G52 GPU via OpenCL (Rockchip RK3566/RK3568, Cortex-A55 host)",
            target={"kind": "opencl", "device": "mali"},
@@ -89,7 +91,7 @@ PRESETS: tuple[Preset, ...] = (
 TRIPLE_PRESETS: MappingProxyType[str, Preset] = MappingProxyType({p.name: p for p in (
     Preset("aarch64-linux-gnu", "generic 64-bit ARM (ARMv8-A, NEON)",
            target=_cpu("aarch64-linux-gnu", "generic", "+neon"), host=None, device="cpu",
-           required_cpu_features=("asimd",), **_AARCH64, **_QEMU_AARCH64),
+           required_cpu_features=("asimd",), **_AARCH64, **_QEMU_AARCH64, **_ARM_CPU_LAYOUT),
     replace(_ARMV7_PRESET, name="arm-linux-gnueabihf", description="generic 32-bit ARMv7 (NEON, hard float)"),
     Preset("x86_64-linux-gnu", "generic x86-64 (baseline SSE2, runs on any x86-64 CPU)",
            target=_cpu("x86_64-linux-gnu", "x86-64"), host=None, device="cpu",

@@ -63,6 +63,7 @@ class Preset:
     required_cpu_features: tuple[str, ...]
     elf_machine: str
     notes: str = ""
+    layout: str = "NCHW"  # conv data layout the pipeline converts to (passes/layout.py); --layout overrides
 
     def __post_init__(self) -> None:
         kind = self.target.get("kind")

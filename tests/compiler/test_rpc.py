@@ -7,17 +7,11 @@ message and a bound on the wall time: none may hang.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,66 +22,8 @@ from compiler.bench import BenchSpec, LatencyStats, bench_rpc, random_inputs, ru
 from compiler.errors import RemoteError
 from compiler.rpc import RemoteModel, RemoteSpec, connect
 from tests.helpers import edgec, one_line_error
-
-HOST = "127.0.0.1"
-STARTUP_S = 60  # a tracker or server imports TVM (seconds each on two cores) before it listens
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-class Process:
-    """A `python -m MODULE ...` process group, logged to a file."""
-
-    def __init__(self, log: Path, module: str, *args: object):
-        self.log = log
-        with open(log, "wb") as out:
-            self.popen = subprocess.Popen([sys.executable, "-m", module, *map(str, args)], stdout=out,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
-
-    def kill(self) -> None:
-        """SIGKILL the whole group: the process, its PopenWorker and any session it forked."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        self.popen.wait(timeout=10)
-
-    def check_alive(self) -> None:
-        assert self.popen.poll() is None, f"{self.popen.args} exited:\n{self.log.read_text()}"
-
-
-def wait_for(predicate: Callable[[], bool], what: str, process: Process, timeout_s: float = STARTUP_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        process.check_alive()
-        assert time.monotonic() < deadline, f"{what} not ready after {timeout_s} s:\n{process.log.read_text()}"
-        time.sleep(0.1)
-
-
-def accepts(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def tracker_summary(port: int) -> dict:
-    """TVM's own tracker client (not edgec's) reads the tracker's state."""
-    import tvm.rpc
-
-    tracker = tvm.rpc.connect_tracker(HOST, port)
-    try:
-        return tracker.summary()
-    finally:
-        tracker.close()
-
-
-def free_servers(port: int, key: str) -> int:
-    return tracker_summary(port)["queue_info"].get(key, {}).get("free", 0)
-
+from tests.rpc_processes import (HOST, Process, accepts, free_port, free_servers, start_server, start_tracker,
+                                 tracker_summary, wait_for)
 
 @dataclass
 class Cluster:
@@ -109,16 +45,8 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
     logs = tmp_path_factory.mktemp("rpc-logs")
     started: list[Process] = []
     try:
-        port = free_port()
-        tracker = Process(logs / "tracker.log", "tvm.exec.rpc_tracker", "--host", HOST, "--port", port, "--port-end", port + 1)
-        started.append(tracker)
-        wait_for(lambda: accepts(port), "the tracker", tracker)
-        servers = {}
-        for key in ("edge", "doomed-bench", "doomed-run"):
-            server_port = free_port()
-            servers[key] = Process(logs / f"server-{key}.log", "tvm.exec.rpc_server", "--tracker", f"{HOST}:{port}",
-                                   "--key", key, "--host", HOST, "--port", server_port, "--port-end", server_port + 1)
-            started.append(servers[key])
+        port = start_tracker(logs, started)
+        servers = {key: start_server(logs, port, key, started, wait=False) for key in ("edge", "doomed-bench", "doomed-run")}
         standalone = free_port()
         alone = Process(logs / "standalone.log", "tvm.exec.rpc_server", "--host", HOST, "--port", standalone,
                         "--port-end", standalone + 1)

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 
 from compiler.build import CompileOptions, compile_model
 from compiler.bench import BenchSpec
-from compiler.errors import BenchError, InputError, ToolchainError
+from compiler.errors import BenchError, ToolchainError
 from compiler.frontends import import_onnx
 from compiler.runtime import LocalModel
 from compiler.runtime.toolchain import (

@@ -34,7 +34,7 @@ from compiler.rpc import RemoteSpec
 from compiler.runtime import open_model
 from compiler.tuning import TuneOptions, plan_trials, tune_model
 from targets import resolve_target
-from tests.compiler.test_rpc import HOST, Process, accepts, free_port, free_servers, wait_for
+from tests.rpc_processes import HOST, Process, free_port, start_server, start_tracker
 from tests.helpers import edgec, one_line_error
 
 KERNELS = 4  # opset_model(13): conv+bias+relu, mean, squeeze, matmul+bias
@@ -69,7 +69,8 @@ def host():
 def tuned(model, host, tmp_path_factory):
     """One tuning run in this process into a fresh tuning-log root: (root, report)."""
     root = tmp_path_factory.mktemp("tuning_logs")
-    report = tune_model(model, TuneOptions(host, tuning_log=root, log_file=root / "tune.log", **FAST))
+    report = tune_model(model, TuneOptions(host, tuning_log=root, log_file=root / "tune.log",
+                                           history=root / "history.jsonl", **FAST))
     return root, report
 
 
@@ -126,6 +127,33 @@ def test_tune_commits_records_with_meta_and_leaves_no_workers(tuned, host):
     assert meta == tuning_db.expected_meta(host.tvm_target()) and meta["target"]["mcpu"] == host.target["mcpu"]
     assert all(json.loads(r)[1][2]["mcpu"] == host.target["mcpu"] for r in records)  # MetaSchedule's own copy
     assert popen_workers_of(os.getpid()) == []
+
+
+def test_history_records_how_the_estimate_fell_per_batch(tuned):
+    root, report = tuned
+    points = [json.loads(line) for line in lines(root / "history.jsonl")]
+    assert len(points) == KERNELS + 1  # the plan, then one point per measured batch
+    assert [p["trials"] for p in points] == sorted(p["trials"] for p in points) and points[-1]["trials"] == report.trials
+    assert points[-1]["kernels_measured"] == KERNELS
+    assert points[-1]["estimated_ms"] == pytest.approx(report.estimated_s * 1e3, rel=1e-3)
+
+
+def test_compact_keeps_the_best_record_per_kernel_and_compiles_the_same(tuned, onnx_file, model, host, tmp_path):
+    root, _ = tuned
+    directory = copy_database(root, tmp_path)
+    target = host.tvm_target()
+    with tuning_db.open_for_tuning(directory, target) as database:
+        tasks = ms.relax_integration.extract_tasks(run_to_tuning_point(model.mod, target, PipelineConfig()), target)
+        best = [database.query_tuning_record(t.dispatched[0], target, t.task_name).run_secs for t in tasks]
+    out = edgec("compact-records", "--target", "host", "--tuning-log", tmp_path / "logs")
+    assert f"{KERNELS} kernels, {len(lines(root / 'host' / tuning_db.RECORDS))} -> {KERNELS} records" in out
+    assert len(lines(directory / tuning_db.RECORDS)) == KERNELS
+    with tuning_db.open_for_tuning(directory, target) as database:
+        kept = [database.query_tuning_record(t.dispatched[0], target, t.task_name).run_secs for t in tasks]
+    assert [[float(v) for v in s] for s in kept] == [[float(v) for v in s] for s in best]
+    manifest = compile_with(model, host, tmp_path / "logs", tmp_path / "out")
+    assert manifest.tuning["tuned"] == KERNELS
+    assert {"apply-tuning", "prepack-weights"} <= {p["phase"] for p in manifest.passes}
 
 
 def test_rerun_skips_every_tuned_task_without_new_trials(tuned, model, host):
@@ -333,16 +361,8 @@ def test_slow_interrupted_then_killed_runs_keep_their_records_and_resume(onnx_fi
 def tracker_with_server(tmp_path):
     started: list[Process] = []
     try:
-        port = free_port()
-        tracker = Process(tmp_path / "tracker.log", "tvm.exec.rpc_tracker", "--host", HOST, "--port", port, "--port-end", port + 1)
-        started.append(tracker)
-        wait_for(lambda: accepts(port), "the tracker", tracker)
-        server_port = free_port()
-        server = Process(tmp_path / "server.log", "tvm.exec.rpc_server", "--tracker", f"{HOST}:{port}", "--key", "tune",
-                         "--host", HOST, "--port", server_port, "--port-end", server_port + 1)
-        started.append(server)
-        wait_for(lambda: free_servers(port, "tune") == 1, "the RPC server", server)
-        yield port, server
+        port = start_tracker(tmp_path, started)
+        yield port, start_server(tmp_path, port, "tune", started)
     finally:
         for process in started:
             process.kill()

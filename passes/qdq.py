@@ -1,0 +1,107 @@
+"""Pre-quantized ONNX models (QDQ): turn `conv2d(dequantize(quantize(x)), W)` into edgec's integer layers.
+
+onnxruntime's static quantizer writes QuantizeLinear/DequantizeLinear pairs around float operators; the
+importer keeps them as `relax.quantize`/`relax.dequantize`, and `simplify_for_inference` folds the
+dequantized int8 weights into float constants. This pass reads each layer's activation scale and zero
+point from the pair in front of it and emits the same integer layer as `quantize_int8`:
+
+- zero point 0 (int8) -> int8 input; zero point -128 (int8) or 0 (uint8) -> uint8 input with zero
+  point 0, which is the same integer grid shifted (x / s + 128 == u): exact;
+- any other zero point -> the symmetric int8 grid that covers the pair's range (one extra rounding).
+
+Weights are requantized per output channel; for weights the quantizer made symmetric per channel
+(onnxruntime's default with per_channel=True) this gives back the same integers. Q/DQ pairs that
+sit in front of no conv/matmul (max-pool, outputs) stay as they are: elementwise work that fuses
+into the kernels around it. A dequantize whose input is not a quantize (QOperator models, after
+compiler/onnx_qoperator.py: dequantize(max_pool(q))) is re-quantized on its own grid, exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import tvm
+from tvm import relax
+
+from passes.quantize import find_layers, rewrite_to_integer
+
+
+@dataclass(frozen=True)
+class QdqReport:
+    layers: tuple[dict[str, Any], ...]  # name, input dtype and scale, and whether the grid was exact
+
+    def to_json(self) -> dict[str, Any]:
+        return {"integer_layers": len(self.layers), "layers": list(self.layers)}
+
+
+def lower_qdq_to_integer(on_report: Callable[[QdqReport], None] | None = None) -> tvm.transform.Pass:
+    """Rewrite every conv2d/matmul whose input is a Q/DQ pair (and whose weight is constant) to int8.
+
+    Needs: the imported QDQ model after `simplify_for_inference` (weights folded to float constants).
+    Guarantees: those layers compute int8/uint8 x int8 -> int32 with the model's own activation
+    scales; a model without Q/DQ pairs is returned unchanged; inputs and outputs keep their types.
+    """
+
+    @tvm.transform.module_pass(opt_level=0, name="lower_qdq_to_integer")
+    def transform(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        producers = {b.var: b.value for block in mod["main"].body.blocks for b in block.bindings}
+        plan, report = {}, []
+        for layer in find_layers(mod):
+            grid = _dequantized_grid(layer.input, producers)
+            if grid is None:
+                continue
+            source, scale, zero_point, dtype = grid
+            value_range, exact = _integer_grid(scale, zero_point, dtype)
+            plan[replace(layer, input=source)] = value_range
+            report.append({"name": layer.name, "input_dtype": value_range[1], "input_scale": value_range[0],
+                           "exact": exact})
+        if on_report is not None:
+            on_report(QdqReport(tuple(report)))
+        return rewrite_to_integer(mod, plan) if plan else mod
+
+    return transform
+
+
+def _dequantized_grid(tensor: relax.Var, producers) -> tuple[relax.Var, float, int, str] | None:
+    """(source, scale, zero point, integer dtype) when `tensor` is dequantize(q) with scalar constants.
+
+    The source is x when q = quantize(x) on the same grid (the pair is skipped: x is quantized once,
+    in the producing kernel); otherwise `tensor` itself, whose values lie on the grid, so quantizing
+    it again gives q back exactly (QOperator models: dequantize(max_pool(q))).
+    """
+    value = producers.get(tensor)
+    if not _is_call(value, "relax.dequantize"):
+        return None
+    scale, zero_point = _scalar(value.args[1]), _scalar(value.args[2])
+    if scale is None or zero_point is None:
+        return None
+    dtype = str(value.args[0].ty.dtype)
+    quantize = producers.get(value.args[0])
+    if (_is_call(quantize, "relax.quantize") and isinstance(quantize.args[0], relax.Var)
+            and _scalar(quantize.args[1]) == scale and _scalar(quantize.args[2]) == zero_point):
+        return quantize.args[0], float(scale), int(zero_point), dtype
+    return tensor, float(scale), int(zero_point), dtype
+
+
+def _integer_grid(scale: float, zero_point: int, dtype: str) -> tuple[tuple[float, str], bool]:
+    """edgec's (scale, dtype) for a Q/DQ grid, and whether it is the same grid."""
+    if dtype == "int8" and zero_point == 0:
+        return (scale, "int8"), True
+    if (dtype == "int8" and zero_point == -128) or (dtype == "uint8" and zero_point == 0):
+        return (scale, "uint8"), True
+    low, high = (-128, 127) if dtype == "int8" else (0, 255)
+    amax = scale * max(abs(low - zero_point), abs(high - zero_point))
+    return (amax / 127, "int8"), False
+
+
+def _is_call(value, name: str) -> bool:
+    return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == name
+
+
+def _scalar(expr) -> float | None:
+    if isinstance(expr, tvm.ir.GenericConst) and isinstance(expr.ty, relax.TensorType):
+        array = expr.value.numpy()
+        return array.item() if array.size == 1 else None
+    return None

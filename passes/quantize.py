@@ -1,0 +1,379 @@
+"""int8 post-training quantization with calibration: integer convolutions and matmuls, requantized in their kernel.
+
+Every conv2d and matmul whose weight is a constant becomes an integer layer, named `<op>_<index>` in
+graph order (`conv2d_0`, `conv2d_1`, ..., `matmul_0`); the report lists them all, and `keep_float`
+names layers to leave in float:
+
+    x_q  = cast(clip(round(x / s_x)))               once per tensor: int8, or uint8 when x >= 0 (post-ReLU)
+    y32  = conv2d(x_q, W_q, out_dtype=int32)        int8 x int8 (or uint8 x int8, VNNI's shape) -> int32
+    y    = float(y32) * (s_x * s_w[c])              per output channel, then the layer's own bias/act
+
+Weights are symmetric per output channel (s_w[c] = max|W[c]| / 127); activations per tensor, with
+the range from calibration: `minmax` (largest magnitude seen), `percentile` (of magnitudes, default
+99.99) or `entropy` (the clipping threshold whose 8-bit histogram has the least KL divergence from
+the float one, as TensorRT calibrates). Once a tensor is quantized, its other readers (a residual
+add, a pool) read the dequantized int8 value, so the float tensor is not kept alive beside it.
+After operator fusion the rescale, bias, activation and the next layer's quantize sit in the integer
+kernel's epilogue: between quantized layers activations travel as int8.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import tvm
+import tvm_ffi
+from tvm import relax
+
+from compiler.errors import EdgecError
+
+METHODS = ("minmax", "percentile", "entropy")
+_QUANTIZABLE = {"relax.nn.conv2d": "conv2d", "relax.matmul": "matmul"}
+_SAMPLE_VALUES = 1 << 21  # magnitudes kept per tensor for percentile/entropy (strided subsample beyond)
+
+
+@tvm_ffi.register_error
+class QuantizeError(EdgecError):
+    """A quantization setting or the calibration data does not fit the model.
+
+    Registered with TVM's FFI so that, raised inside the pass, it reaches the caller as itself.
+    """
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """int8 quantization settings; `calibration` is a list of samples, each {input name: array}."""
+
+    calibration: tuple[Mapping[str, np.ndarray], ...] = field(compare=False, repr=False)
+    method: str = "percentile"
+    percentile: float = 99.99
+    keep_float: tuple[str, ...] = ()
+    source: str = ""  # where the calibration data came from (for the manifest)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise QuantizeError(f"--calibration-method must be one of {', '.join(METHODS)}, got '{self.method}'")
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, numbers.Real) \
+                or not 50 < self.percentile <= 100:
+            raise QuantizeError(f"--percentile must be in (50, 100], got {self.percentile}")
+        if not self.calibration:
+            raise QuantizeError("int8 quantization needs calibration samples: pass --calibration-data FILE.npz")
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"dtype": "int8", "method": self.method, "calibration_samples": len(self.calibration),
+               "calibration_data": self.source, "keep_float": list(self.keep_float),
+               "weights": "symmetric per output channel", "activations": "per tensor (uint8 when non-negative)"}
+        if self.method == "percentile":
+            out["percentile"] = self.percentile
+        return out
+
+
+@dataclass(frozen=True)
+class QuantizedLayer:
+    name: str
+    weight_shape: tuple[int, ...]
+    quantized: bool
+    input_dtype: str | None = None  # "int8" | "uint8" for quantized layers
+    input_scale: float | None = None
+
+
+@dataclass(frozen=True)
+class QuantizeReport:
+    method: str
+    layers: tuple[QuantizedLayer, ...]
+
+    @property
+    def kept_float(self) -> list[str]:
+        return [layer.name for layer in self.layers if not layer.quantized]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "quantized": sum(layer.quantized for layer in self.layers),
+                "kept_float": self.kept_float, "layers": [asdict(layer) for layer in self.layers]}
+
+
+def quantize_int8(config: QuantizeConfig, on_report: Callable[[QuantizeReport], None] | None = None) -> tvm.transform.Pass:
+    """Quantize every conv2d/matmul with constant weights in `main` to int8, except `config.keep_float`.
+
+    Needs: weights bound as constants, float32 activations, `config.calibration` samples that match
+    `main`'s inputs by name, shape and dtype (checked; a mismatch raises QuantizeError naming it).
+    Guarantees: quantized layers compute int8 x int8 -> int32 (uint8 x int8 for non-negative inputs)
+    with a float per-channel rescale right after; the function's inputs, outputs and layers left in
+    float keep float32; `on_report` receives every layer with its input scale.
+    """
+
+    @tvm.transform.module_pass(opt_level=0, name="quantize_int8")
+    def transform(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        layers = find_layers(mod)
+        unknown = sorted(set(config.keep_float) - {layer.name for layer in layers})
+        if unknown:
+            known = ", ".join(layer.name for layer in layers) or "none"
+            raise QuantizeError(f"--keep-float names unknown layer(s) {', '.join(unknown)}; this model's layers: {known}")
+        chosen = [layer for layer in layers if layer.name not in config.keep_float]
+        ranges = calibrate(mod, [layer.input for layer in chosen], config)
+        rewritten = rewrite_to_integer(mod, {layer: ranges[layer.input] for layer in chosen})
+        if on_report is not None:
+            on_report(QuantizeReport(config.method, tuple(_report_layer(layer, ranges.get(layer.input), layer in chosen)
+                                                          for layer in layers)))
+        return rewritten
+
+    return transform
+
+
+# ------------------------------------------------------------------------------------------ layers
+
+
+@dataclass(frozen=True, eq=False)
+class Layer:
+    """A quantizable call in `main`: `var = op(input, weight)` with a constant weight."""
+
+    name: str
+    var: relax.Var
+    call: relax.Call
+    input: relax.Var
+    weight: np.ndarray
+    channel_axis: int  # the weight's output-channel axis
+
+
+def find_layers(mod: tvm.IRModule) -> list[Layer]:
+    """Every quantizable layer of `main`, in binding order, with its user-facing name."""
+    layers: list[Layer] = []
+    counts: dict[str, int] = {}
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            layer = _layer(binding, counts)
+            if layer is not None:
+                layers.append(layer)
+    return layers
+
+
+def _layer(binding: relax.Binding, counts: dict[str, int]) -> Layer | None:
+    call = getattr(binding, "value", None)
+    if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name in _QUANTIZABLE):
+        return None
+    data, weight = call.args[0], call.args[1]
+    if not isinstance(data, relax.Var) or not (isinstance(weight, tvm.ir.GenericConst)
+                                               and isinstance(weight.ty, relax.TensorType)):
+        return None
+    weight_np = weight.value.numpy()
+    if weight_np.dtype != np.float32 or str(data.ty.dtype) != "float32":
+        return None
+    if call.op.name == "relax.nn.conv2d":
+        axis = str(call.attrs.kernel_layout).index("O")
+    elif weight_np.ndim == 2:
+        axis = 1  # matmul(x, W[K, N]): output channels are W's columns
+    else:
+        return None
+    kind = _QUANTIZABLE[call.op.name]
+    index = counts.get(kind, 0)
+    counts[kind] = index + 1
+    return Layer(f"{kind}_{index}", binding.var, call, data, weight_np, axis)
+
+
+def _report_layer(layer: Layer, value_range: tuple[float, str] | None, quantized: bool) -> QuantizedLayer:
+    shape = tuple(int(d) for d in layer.weight.shape)
+    if not quantized or value_range is None:
+        return QuantizedLayer(layer.name, shape, False)
+    scale, dtype = value_range
+    return QuantizedLayer(layer.name, shape, True, dtype, float(scale))
+
+
+# ------------------------------------------------------------------------------------- calibration
+
+
+def calibrate(mod: tvm.IRModule, tensors: Sequence[relax.Var], config: QuantizeConfig) -> dict[relax.Var, tuple[float, str]]:
+    """Scale and integer dtype of each tensor in `tensors`, from running `main` on the calibration data."""
+    unique = list(dict.fromkeys(tensors))
+    if not unique:
+        return {}
+    observed = _observe(mod, unique, config.calibration)
+    return {var: _scale(values, config) for var, values in zip(unique, observed)}
+
+
+def _observe(mod: tvm.IRModule, tensors: list[relax.Var], samples: Sequence[Mapping[str, np.ndarray]]) -> list[dict]:
+    """Run `main` with `tensors` as extra outputs (compiled for this machine) over every sample."""
+    probe = _with_outputs(mod, tensors)
+    params = mod["main"].params
+    _check_samples(params, samples)
+    executable = tvm.compile(probe, target=tvm.target.Target({"kind": "llvm"}))
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    stats = [{"min": np.inf, "max": -np.inf, "values": []} for _ in tensors]
+    for sample in samples:
+        outputs = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(sample[p.name])) for p in params])
+        for stat, value in zip(stats, list(outputs)[1:]):
+            array = value.numpy()
+            stat["min"] = min(stat["min"], float(array.min()))
+            stat["max"] = max(stat["max"], float(array.max()))
+            magnitudes = np.abs(array).ravel()
+            step = max(1, magnitudes.size * len(samples) // _SAMPLE_VALUES)
+            stat["values"].append(magnitudes[::step])
+    for stat in stats:
+        stat["values"] = np.concatenate(stat["values"])
+    return stats
+
+
+def _check_samples(params: Sequence[relax.Var], samples: Sequence[Mapping[str, np.ndarray]]) -> None:
+    for param in params:
+        shape = tuple(int(d) for d in param.ty.shape)
+        dtype = str(param.ty.dtype)
+        for index, sample in enumerate(samples):
+            if param.name not in sample:
+                raise QuantizeError(f"calibration data has no array for input '{param.name}' "
+                                    f"(has: {', '.join(sorted(sample)) or 'none'}); key the .npz by input name")
+            array = np.asarray(sample[param.name])
+            if tuple(array.shape) != shape or str(array.dtype) != dtype:
+                raise QuantizeError(
+                    f"calibration sample {index} of '{param.name}' has shape {_fmt(array.shape)} {array.dtype}; "
+                    f"the model expects {_fmt(shape)} {dtype}")
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return "x".join(str(int(d)) for d in shape) or "scalar"
+
+
+def _with_outputs(mod: tvm.IRModule, tensors: list[relax.Var]) -> tvm.IRModule:
+    """`main` returning (its result, *tensors): each dataflow var gets an output binding."""
+    func = mod["main"]
+    taps: dict[relax.Var, relax.Var] = {p: p for p in func.params if p in tensors}
+    blocks = []
+    for block in func.body.blocks:
+        bindings = list(block.bindings)
+        for binding in block.bindings:
+            if binding.var in tensors and binding.var not in taps:
+                if isinstance(block, relax.DataflowBlock) and isinstance(binding.var, relax.DataflowVar):
+                    out = relax.Var(f"{binding.var.name}_observed", binding.var.ty)
+                    bindings.append(relax.VarBinding(out, binding.var))
+                    taps[binding.var] = out
+                else:
+                    taps[binding.var] = binding.var
+        blocks.append(relax.DataflowBlock(bindings) if isinstance(block, relax.DataflowBlock) else relax.BindingBlock(bindings))
+    result = relax.Tuple([func.body.body, *[taps[t] for t in tensors]])
+    ret_ty = relax.TupleType([func.ret_ty, *[t.ty for t in tensors]])
+    probe = relax.Function(func.params, relax.SeqExpr(blocks, result), ret_ty, is_pure=func.is_pure, attrs=func.attrs)
+    new = tvm.IRModule({"main": probe})
+    return relax.transform.Normalize()(new)
+
+
+def _scale(stat: dict, config: QuantizeConfig) -> tuple[float, str]:
+    """(scale, dtype): uint8 over [0, amax] for a tensor never negative, else int8 over [-amax, amax]."""
+    unsigned = stat["min"] >= 0
+    levels = 255 if unsigned else 127
+    values = stat["values"]
+    if config.method == "minmax" or values.size == 0:
+        amax = max(abs(stat["min"]), abs(stat["max"]))
+    elif config.method == "percentile":
+        amax = float(np.percentile(values, config.percentile))
+    else:
+        amax = entropy_threshold(values, levels + 1)
+    amax = amax if amax > 0 else 1.0
+    return amax / levels, "uint8" if unsigned else "int8"
+
+
+def entropy_threshold(magnitudes: np.ndarray, levels: int = 128, bins: int = 2048) -> float:
+    """The clipping threshold that minimizes KL(P || Q), P the histogram of `magnitudes` clipped at the
+    threshold and Q its `levels`-level quantization (TensorRT's entropy calibration)."""
+    histogram, edges = np.histogram(magnitudes, bins=bins, range=(0.0, float(magnitudes.max()) or 1.0))
+    histogram = histogram.astype(np.float64)
+    best, best_kl = bins, np.inf
+    for end in range(levels, bins + 1, max(1, (bins - levels) // 256)):
+        reference = histogram[:end].copy()
+        reference[end - 1] += histogram[end:].sum()  # outliers clip to the threshold
+        nonzero = histogram[:end] != 0
+        quantized = np.zeros(end)
+        for chunk in np.array_split(np.arange(end), levels):
+            used = chunk[nonzero[chunk]]
+            if used.size:
+                quantized[used] = histogram[chunk].sum() / used.size
+        p = reference / reference.sum()
+        q = quantized / max(quantized.sum(), 1e-12)
+        mask = p > 0
+        kl = float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
+        if kl < best_kl:
+            best, best_kl = end, kl
+    return float(edges[best])
+
+
+# ---------------------------------------------------------------------------------------- rewrite
+
+
+def rewrite_to_integer(mod: tvm.IRModule, plan: Mapping[Layer, tuple[float, str]]) -> tvm.IRModule:
+    """Rewrite each layer of `plan` into its integer form, its input quantized with (scale, dtype)."""
+    rewritten = _Quantizer(mod, {layer.var: (layer, value_range) for layer, value_range in plan.items()}).run()
+    return relax.transform.DeadCodeElimination()(rewritten)  # dequantized copies nobody reads
+
+
+@relax.expr_functor.mutator
+class _Quantizer(relax.PyExprMutator):
+    """Rewrites the chosen layers of `main` to integer form (see the module docstring)."""
+
+    def __init__(self, mod: tvm.IRModule, plan: dict[relax.Var, tuple[Layer, tuple[float, str]]]):
+        super().__init__(mod)
+        self.mod_ = mod
+        self.plan = plan
+        self.quantized: dict[relax.Var, relax.Var] = {}  # float tensor -> its int8/uint8 version
+
+    def run(self) -> tvm.IRModule:
+        main = self.mod_.get_global_var("main")
+        self.builder_.update_func(main, self.visit_expr(self.mod_["main"]))
+        return self.builder_.get()
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        if binding.var not in self.plan:
+            super().visit_var_binding_(binding)
+            return
+        layer, (scale, dtype) = self.plan[binding.var]
+        data = self._quantize(layer.input, scale, dtype)
+        weight, weight_scales = _quantize_weight(layer.weight, layer.channel_axis)
+        attrs = layer.call.attrs
+        if layer.call.op.name == "relax.nn.conv2d":
+            product = relax.op.nn.conv2d(data, relax.const(weight), strides=attrs.strides, padding=attrs.padding,
+                                         dilation=attrs.dilation, groups=attrs.groups, data_layout=attrs.data_layout,
+                                         kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
+                                         out_dtype="int32")
+            out_layout = str(attrs.out_layout or attrs.data_layout)
+            rescale_shape = [-1 if axis == "C" else 1 for axis in out_layout]
+        else:
+            product = relax.op.matmul(data, relax.const(weight), out_dtype="int32")
+            rescale_shape = [-1]
+        accumulated = self.builder_.emit(product)
+        rescale = (scale * weight_scales).astype("float32").reshape(rescale_shape)
+        value = relax.op.multiply(relax.op.astype(accumulated, "float32"), relax.const(rescale))
+        self._bind(binding.var, value)
+
+    def _bind(self, var: relax.Var, value: relax.Expr) -> None:
+        if isinstance(var, relax.DataflowVar):
+            new = self.builder_.emit(value, name_hint=var.name)
+        else:
+            new = self.builder_.emit_output(value, name_hint=var.name)
+        self.set_var_remap(var, new)
+
+    def _quantize(self, tensor: relax.Var, scale: float, dtype: str) -> relax.Var:
+        """The integer version of `tensor` (made once); later float readers get it dequantized."""
+        if tensor in self.quantized:
+            return self.quantized[tensor]
+        low, high = (0, 255) if dtype == "uint8" else (-128, 127)
+        value = self.visit_expr(tensor)
+        scaled = relax.op.multiply(value, relax.const(np.float32(1.0 / scale)))
+        quantized = self.builder_.emit(relax.op.astype(relax.op.clip(relax.op.round(scaled), low, high), dtype),
+                                       name_hint=f"{tensor.name}_q")
+        self.quantized[tensor] = quantized
+        if isinstance(tensor, relax.DataflowVar):
+            dequantized = self.builder_.emit(
+                relax.op.multiply(relax.op.astype(quantized, "float32"), relax.const(np.float32(scale))),
+                name_hint=f"{tensor.name}_dq")
+            self.set_var_remap(tensor, dequantized)
+        return quantized
+
+
+def _quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel int8 weights along `axis`, and their scales (one per channel)."""
+    moved = np.moveaxis(weight, axis, 0)
+    amax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
+    scales = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float64)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    quantized = np.clip(np.round(weight / scales.reshape(shape)), -127, 127).astype(np.int8)
+    return quantized, scales

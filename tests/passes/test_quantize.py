@@ -1,0 +1,143 @@
+"""quantize_int8: integer layers, calibration methods, accuracy on the trained digits CNN, fusion, bad input."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from compiler.frontends import load_model
+from compiler.pipeline import PipelineConfig, count_kernels, run_to_tuning_point
+from examples.digits_cnn import load_digits_split
+from passes import simplify_for_inference
+from passes.quantize import QuantizeConfig, QuantizeError, entropy_threshold, find_layers, quantize_int8
+from tests.helpers import run_relax
+
+
+@pytest.fixture(scope="module")
+def digits(example):
+    """The trained digits CNN after simplify, its calibration samples and the held-out test split."""
+    x_train, _, x_test, y_test = load_digits_split()
+    mod = simplify_for_inference()(load_model(example("digits").onnx).mod)
+    calibration = tuple({"input": x_train[i:i + 1]} for i in range(0, 200, 2))
+    return mod, calibration, x_test, y_test
+
+
+def _quantized(mod, calibration, **settings):
+    reports = []
+    return quantize_int8(QuantizeConfig(calibration, **settings), reports.append)(mod), reports[0]
+
+
+def _predictions(mod, x: np.ndarray) -> np.ndarray:
+    executable = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}))
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    return np.concatenate([vm["main"](tvm.runtime.tensor(sample[None])).numpy() for sample in x])
+
+
+def _integer_calls(mod) -> list[relax.Call]:
+    calls = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") in ("relax.nn.conv2d", "relax.matmul"):
+            calls.append(expr)
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return calls
+
+
+def test_every_layer_becomes_int8_x_int8_to_int32_and_accuracy_holds(digits):
+    mod, calibration, x_test, y_test = digits
+    quantized, report = _quantized(mod, calibration)
+    calls = _integer_calls(quantized)
+    assert len(calls) == 4 and report.to_json()["quantized"] == 4
+    for call in calls:
+        assert str(call.args[0].ty.dtype) in ("int8", "uint8") and str(call.args[1].ty.dtype) == "int8"
+        assert str(call.ty.dtype) == "int32"
+    # the input image and post-ReLU activations are non-negative: uint8, the VNNI operand shape
+    assert {layer.input_dtype for layer in report.layers} == {"uint8"}
+    reference = _predictions(mod, x_test)
+    ours = _predictions(quantized, x_test)
+    float_accuracy = (reference.argmax(1) == y_test).mean()
+    int8_accuracy = (ours.argmax(1) == y_test).mean()
+    assert float_accuracy - int8_accuracy <= 0.01  # the issue's band: at most one point
+    assert (ours.argmax(1) == reference.argmax(1)).mean() >= 0.99
+    signal, noise = np.sum(reference ** 2), np.sum((ours - reference) ** 2)
+    assert 10 * np.log10(signal / noise) > 25
+
+
+def test_weights_are_per_channel_int8_within_half_a_step(digits):
+    mod, calibration, _, _ = digits
+    quantized, _ = _quantized(mod, calibration)
+    float_weight = find_layers(mod)[1].weight  # conv2d_1: 32 x 16 x 3 x 3
+    int_weight = _integer_calls(quantized)[1].args[1].value.numpy()
+    scales = np.abs(float_weight).reshape(32, -1).max(axis=1) / 127
+    assert int_weight.dtype == np.int8 and np.abs(int_weight).reshape(32, -1).max(axis=1).tolist() == [127] * 32
+    assert np.abs(int_weight * scales[:, None, None, None] - float_weight).max() <= scales.max() / 2 + 1e-7
+
+
+def test_keep_float_leaves_the_named_layer_in_float(digits):
+    mod, calibration, x_test, _ = digits
+    quantized, report = _quantized(mod, calibration, keep_float=("conv2d_0", "matmul_0"))
+    assert report.kept_float == ["conv2d_0", "matmul_0"]
+    dtypes = [str(call.args[1].ty.dtype) for call in _integer_calls(quantized)]
+    assert dtypes == ["float32", "int8", "int8", "float32"]
+    run_relax(quantized, x_test[:1])  # still a valid module
+
+
+def test_calibration_methods_choose_different_ranges(digits):
+    mod, calibration, _, _ = digits
+    scales = {method: [layer.input_scale for layer in _quantized(mod, calibration, method=method)[1].layers]
+              for method in ("minmax", "percentile", "entropy")}
+    # minmax covers every value seen; the others clip outliers, so their ranges are never wider
+    assert all(p <= m + 1e-12 for p, m in zip(scales["percentile"], scales["minmax"]))
+    assert all(e <= m + 1e-12 for e, m in zip(scales["entropy"], scales["minmax"]))
+    assert scales["percentile"] != scales["minmax"] and scales["entropy"] != scales["minmax"]
+
+
+def test_entropy_threshold_clips_rare_outliers():
+    values = np.abs(np.random.default_rng(0).standard_normal(200_000))
+    values[:20] = 50.0  # a handful of huge outliers
+    threshold = entropy_threshold(values)
+    assert 2.0 < threshold < 10.0
+
+
+def test_requantize_is_fused_into_the_integer_kernel(example):
+    """After fusion, a conv that feeds another quantized conv writes int8: rescale, bias, ReLU and the
+    next layer's quantize sit in its epilogue, so activations travel as int8 between layers."""
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    model = load_model(example("resnet18").onnx)
+    config = PipelineConfig(tuning_log=None, quantize=QuantizeConfig(({"input": x},), method="minmax"))
+    mod = run_to_tuning_point(model.mod, tvm.target.Target({"kind": "llvm"}), config)
+    calls = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: calls.append(e) if isinstance(e, relax.Call)
+                                    and getattr(e.op, "name", "") == "relax.call_tir" else None)
+    conv_kernels = {call.args[0].name_hint: str(call.ty.dtype) for call in calls if "conv2d" in call.args[0].name_hint}
+    int8_out = [name for name, dtype in conv_kernels.items() if dtype in ("int8", "uint8")]
+    assert len(int8_out) >= 12, conv_kernels
+    assert all("round" in name and "cast" in name for name in int8_out)
+    # 21 convs + max-pool + mean + classifier + the input's quantize: no kernel of its own for any requantize
+    assert count_kernels(mod) == len(calls) <= 21 + 4
+
+
+def test_calibration_data_must_match_the_inputs(digits):
+    mod, _, x_test, _ = digits
+    with pytest.raises(QuantizeError, match="no array for input 'input'"):
+        _quantized(mod, ({"image": x_test[:1]},))
+    with pytest.raises(QuantizeError, match="shape 1x1x8x9 float32; the model expects 1x1x8x8 float32"):
+        _quantized(mod, ({"input": np.zeros((1, 1, 8, 9), np.float32)},))
+
+
+def test_unknown_keep_float_layer_names_the_known_ones(digits):
+    mod, calibration, _, _ = digits
+    with pytest.raises(QuantizeError, match="unknown layer.*conv2d_7.*conv2d_0, conv2d_1, conv2d_2, matmul_0"):
+        _quantized(mod, calibration, keep_float=("conv2d_7",))
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"method": "kl"}, "--calibration-method must be one of minmax, percentile, entropy"),
+    ({"percentile": 120.0}, "--percentile must be in"),
+])
+def test_bad_settings_are_rejected(digits, settings, message):
+    with pytest.raises(QuantizeError, match=message):
+        QuantizeConfig(digits[1], **settings)
+    with pytest.raises(QuantizeError, match="needs calibration samples"):
+        QuantizeConfig(())
