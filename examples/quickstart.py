@@ -1,12 +1,13 @@
-"""The quick-start job: compile bundled models for this CPU and a Raspberry Pi 4, run, compare, time.
+"""The quick-start job: compile bundled models for x86-64 and a Raspberry Pi 4, run, compare, time.
 
-    python -m examples.quickstart [--out out/quickstart] [--arm-target cortex-a72]
+    python -m examples.quickstart [--out out/quickstart] [--x86-target x86-64] [--arm-target cortex-a72]
 
 1. trains the digits CNN on scikit-learn's digits and builds ResNet-18, exports both to ONNX;
-2. compiles each with edgec for `host` (this CPU) and for an ARM preset (cross-linked aarch64 .so);
-3. runs the host builds in-process and the ARM builds with edgec's C++ runner under qemu-aarch64, and
-   prints their agreement with onnxruntime and PyTorch, and the host builds' latency next to
-   onnxruntime's (medians; untuned TVM kernels are slow on CPU until tuning records exist).
+2. compiles each with edgec for the x86-64 preset, with the tuning records shipped in
+   tuning_logs/x86-64/, and for an ARM preset (cross-linked aarch64 .so, no records shipped);
+3. runs the x86 builds in-process and the ARM builds with edgec's C++ runner under qemu-aarch64, and
+   prints their agreement with onnxruntime and PyTorch, and the x86 builds' tuned latency next to
+   onnxruntime's (medians, 2 threads each).
 """
 
 from __future__ import annotations
@@ -45,16 +46,17 @@ class Example:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m examples.quickstart", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/quickstart"))
+    parser.add_argument("--x86-target", default="x86-64")
     parser.add_argument("--arm-target", default="cortex-a72")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    table = Table(title="edgec quick start (fp32, batch 1, untuned)")
-    for column in ("model", "target", "library", "max abs diff vs onnxruntime", "top-1 = PyTorch",
+    table = Table(title="edgec quick start (fp32, batch 1)")
+    for column in ("model", "target", "library", "kernels tuned", "max abs diff vs onnxruntime", "top-1 = PyTorch",
                    "edgec p50 ms", "onnxruntime p50 ms"):
         table.add_column(column)
     for example in (_digits(args.out), _resnet18(args.out)):
-        for target in ("host", args.arm_target):
+        for target in (args.x86_target, args.arm_target):
             table.add_row(*_compile_and_check(example, target, args.out))
     console.print(table)
 
@@ -87,7 +89,7 @@ def _resnet18(out: Path) -> Example:
         path = export_onnx(model, x, out / "resnet18.onnx")
         with torch.no_grad():
             reference = model(x).numpy()
-    return Example("ResNet-18", path, x.numpy()[None], reference[None], repeats=5)
+    return Example("ResNet-18", path, x.numpy()[None], reference[None], repeats=30)
 
 
 def _compile_and_check(example: Example, target: str, out: Path) -> list[str]:
@@ -99,9 +101,11 @@ def _compile_and_check(example: Example, target: str, out: Path) -> list[str]:
     console.print(f"compiled {example.name} for {preset.name} in {time.perf_counter() - started:.1f} s -> {artifact}")
     manifest = read_manifest(artifact)
     library = f"{elf_machine(artifact / manifest.library)} ELF"
+    tuning = manifest.tuning
+    tuned = f"{tuning['tuned']} of {tuning['tasks']}" if tuning else "no records"
     execution = preset.execution_here()
     if execution.mode == "compile-only":
-        return [example.name, preset.name, library, f"not run here ({execution.reason})", "-", "-", "-"]
+        return [example.name, preset.name, library, tuned, f"not run here ({execution.reason})", "-", "-", "-"]
 
     emulated = execution.mode == "qemu"
     model = open_model(artifact, "qemu" if emulated else "local")
@@ -116,7 +120,7 @@ def _compile_and_check(example: Example, target: str, out: Path) -> list[str]:
             edgec_ms = f"{statistics.median(model.latencies({'input': inputs[0]}, repeat=example.repeats)) * 1e3:.2f}"
             ort_ms = f"{_median_ms(lambda: reference(inputs[0]), example.repeats):.2f}"
     agreement = (outputs.argmax(-1) == example.torch_outputs[: len(outputs)].argmax(-1)).mean()
-    return [example.name, f"{preset.name} ({execution.mode})", library, f"{np.abs(outputs - ort_outputs).max():.2e}",
+    return [example.name, f"{preset.name} ({execution.mode})", library, tuned, f"{np.abs(outputs - ort_outputs).max():.2e}",
             f"{agreement:.1%} ({len(outputs)})", edgec_ms, ort_ms]
 
 

@@ -356,16 +356,22 @@ class _Quantizer(relax.PyExprMutator):
             return self.quantized[tensor]
         low, high = (0, 255) if dtype == "uint8" else (-128, 127)
         value = self.visit_expr(tensor)
-        scaled = relax.op.multiply(value, relax.const(np.float32(1.0 / scale)))
+        scaled = relax.op.multiply(value, _broadcast_constant(1.0 / scale, tensor))
         quantized = self.builder_.emit(relax.op.astype(relax.op.clip(relax.op.round(scaled), low, high), dtype),
                                        name_hint=f"{tensor.name}_q")
         self.quantized[tensor] = quantized
         if isinstance(tensor, relax.DataflowVar):
             dequantized = self.builder_.emit(
-                relax.op.multiply(relax.op.astype(quantized, "float32"), relax.const(np.float32(scale))),
+                relax.op.multiply(relax.op.astype(quantized, "float32"), _broadcast_constant(scale, tensor)),
                 name_hint=f"{tensor.name}_dq")
             self.set_var_remap(tensor, dequantized)
         return quantized
+
+
+def _broadcast_constant(value: float, like: relax.Var) -> relax.Expr:
+    """`value` as a [1, ..., 1] tensor of `like`'s rank. Not a 0-d scalar: the fuser bakes those into
+    the kernel's code, which would make every calibration a new kernel with no tuning record."""
+    return relax.const(np.full([1] * len(like.ty.shape), value, dtype=np.float32))
 
 
 def _quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:

@@ -391,3 +391,27 @@ def test_dead_tracker_is_one_line_error(onnx_file, tmp_path):
 def test_presets_this_machine_cannot_run_need_a_device(onnx_file, tmp_path):
     message = one_line_error("tune", onnx_file, "--target", "cortex-a72", "--tuning-log", tmp_path)
     assert "cannot be measured on this machine" in message and "--rpc-tracker" in message
+
+
+# ------------------------------------------------------------------------------------ shipped records
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "tuning_logs"
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2", "digits"])
+def test_shipped_records_cover_every_kernel_of_the_examples(example, name):
+    """A fresh clone compiles the standard 224x224 ResNet-18/MobileNetV2 and the examples tuned for x86-64."""
+    from compiler.frontends import load_model
+
+    preset = resolve_target("x86-64")
+    target = preset.tvm_target()
+    directory = tuning_db.database_dir(SHIPPED, preset)
+    assert tuning_db.foreign_reason(directory, target) is None
+    mod = run_to_tuning_point(load_model(example(name).onnx).mod, target, PipelineConfig(), preset.layout)
+    tasks = ms.relax_integration.extract_tasks(mod, target)
+    with tuning_db.open_for_compile(SHIPPED, preset, target) as records:
+        untuned = [t.task_name for t in tasks if not tuning_db.is_tuned(records.database, t, target)]
+    assert untuned == []
+    # shipped compact: one record per kernel
+    assert len(lines(directory / tuning_db.RECORDS)) == len(lines(directory / tuning_db.WORKLOADS))

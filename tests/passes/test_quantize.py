@@ -141,3 +141,18 @@ def test_bad_settings_are_rejected(digits, settings, message):
         QuantizeConfig(digits[1], **settings)
     with pytest.raises(QuantizeError, match="needs calibration samples"):
         QuantizeConfig(())
+
+
+def test_kernels_do_not_depend_on_the_calibration(digits):
+    """Scales enter the kernels as tensors, not as literals: a record tuned with one calibration serves another."""
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+
+    mod, calibration, _, _ = digits
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
+    hashes = []
+    for samples in (calibration[:10], tuple({"input": s["input"] * 0.7} for s in calibration[10:40])):
+        config = PipelineConfig(tuning_log=None, quantize=QuantizeConfig(samples, method="minmax"))
+        tasks = ms.relax_integration.extract_tasks(run_to_tuning_point(mod, target, config), target)
+        hashes.append(sorted(tvm_ffi.structural_hash(task.dispatched[0]) for task in tasks))
+    assert hashes[0] == hashes[1]

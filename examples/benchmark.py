@@ -1,0 +1,287 @@
+"""The figures of the README: edgec against onnxruntime and PyTorch, measured in one process.
+
+    python -m examples.benchmark [--rounds 7] [--runs 10] [--json out/benchmark.json] [--skip int8,prune,layout]
+
+Every latency is a median over `rounds` interleaved rounds of `runs` timed runs (after warm-up), all
+engines at 2 threads, batch 1, so that drift of the machine hits every engine alike. Sections:
+
+- fp32: ResNet-18 and MobileNetV2 (224x224) compiled for the x86-64 preset with the tuning records in
+  tuning_logs/x86-64/, against onnxruntime (CPU EP, default optimizations) and PyTorch eager; plus the
+  fraction of this machine's fp32 peak (a 2048^3 GEMM in PyTorch) each model reaches;
+- tuning cost: from the tuning histories shipped beside the records, the trials and minutes it took
+  the estimated latency to get within 10% of its final value;
+- int8: ResNet-18 int8 (edgec PTQ) against edgec fp32 and onnxruntime's static int8 QDQ model;
+- prune: ResNet-18 with 50% of its channels pruned against the unpruned model, both compiled alike
+  (no tuning records exist for the pruned shapes, so both use default schedules);
+- layout: the digits CNN in NCHW and NHWC (default schedules), the layout pass's latency effect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from compiler.build import CompileOptions, compile_model
+from compiler.frontends import load_model
+from compiler.pipeline import PipelineConfig, run_to_tuning_point
+from compiler.runtime import LocalModel
+from targets import resolve_target
+
+console = Console()
+THREADS = 2
+PRESET = "x86-64"
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    run: Callable[[], object]
+
+
+def median_latencies(engines: list[Engine], rounds: int, runs: int) -> dict[str, float]:
+    """Median seconds per run of each engine, over interleaved rounds."""
+    samples: dict[str, list[float]] = {e.name: [] for e in engines}
+    for engine in engines:
+        for _ in range(3):
+            engine.run()  # warm-up: caches, thread pools, lazy initialization
+    for _ in range(rounds):
+        for engine in engines:
+            for _ in range(runs):
+                started = time.perf_counter()
+                engine.run()
+                samples[engine.name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def gemm_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """fp32 GFLOP/s of a large square GEMM in PyTorch (MKL/oneDNN) on THREADS threads: the machine's bar."""
+    import torch
+
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - started)
+    return 2 * size ** 3 / statistics.median(times) / 1e9
+
+
+def model_gflop(onnx_path: Path) -> float:
+    """FLOPs of one inference, summed over the kernels MetaSchedule would tune (calls x kernel FLOPs)."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    preset = resolve_target(PRESET)
+    target = preset.tvm_target()
+    mod = run_to_tuning_point(load_model(onnx_path).mod, target, PipelineConfig(tuning_log=None), preset.layout)
+    tasks = ms.relax_integration.extract_tasks(mod, target)
+    return sum(int(t.weight) * float(estimate_tir_flops(t.dispatched[0])) for t in tasks) / 1e9
+
+
+def onnxruntime_engine(path: Path, x: np.ndarray, name: str = "onnxruntime") -> Engine:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x}
+    return Engine(name, lambda: session.run(None, feed))
+
+
+def torch_engine(model, x: np.ndarray) -> Engine:
+    import torch
+
+    tensor = torch.from_numpy(x)
+
+    def run():
+        with torch.no_grad():
+            return model(tensor)
+
+    return Engine("PyTorch eager", run)
+
+
+def edgec_engine(artifact: Path, x: np.ndarray, name: str = "edgec") -> Engine:
+    """Numpy in, numpy out, like onnxruntime's session.run."""
+    model = LocalModel(artifact)
+    feed = {model.manifest.inputs[0].name: x}
+    return Engine(name, lambda: model.run(feed))
+
+
+def compile_onnx(path: Path, out: Path, **pipeline) -> Path:
+    config = PipelineConfig(**pipeline)
+    compile_model(load_model(path), CompileOptions(resolve_target(PRESET), config), out)
+    return out
+
+
+def fp32_section(work: Path, args) -> list[dict]:
+    from examples.export import example_model, export_onnx
+
+    peak = gemm_peak_gflops()
+    console.print(f"fp32 GEMM peak here: {peak:.0f} GFLOP/s ({THREADS} threads)")
+    rows = []
+    for name in args.models:
+        model, x_tensor = example_model(name)
+        x = x_tensor.numpy()
+        onnx_path = export_onnx(model, x_tensor, work / f"{name}.onnx")
+        with console.status(f"compiling {name} for {PRESET} with tuning_logs/"):
+            artifact = compile_onnx(onnx_path, work / f"{name}-fp32")
+        engines = [edgec_engine(artifact, x), onnxruntime_engine(onnx_path, x), torch_engine(model, x)]
+        with console.status(f"timing {name}"):
+            latency = median_latencies(engines, args.rounds, args.runs)
+        gflop = model_gflop(onnx_path)
+        tuning = json.loads((artifact / "manifest.json").read_text())["tuning"]
+        rows.append({
+            "model": name, "gflop": gflop, "kernels_tuned": f"{tuning['tuned']} of {tuning['tasks']}" if tuning else "0",
+            **{f"{k} ms": v * 1e3 for k, v in latency.items()},
+            "onnxruntime / edgec": latency["onnxruntime"] / latency["edgec"],
+            "PyTorch / edgec": latency["PyTorch eager"] / latency["edgec"],
+            "edgec % of peak": 100 * gflop / latency["edgec"] / peak,
+            "onnxruntime % of peak": 100 * gflop / latency["onnxruntime"] / peak,
+        })
+    return rows
+
+
+def tuning_cost_section(histories: list[Path]) -> list[dict]:
+    rows = []
+    for path in histories:
+        points = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        complete = [p for p in points if p["kernels_measured"] == p["kernels"]]
+        if not complete:
+            continue
+        final = complete[-1]["estimated_ms"]
+        first = next(p for p in complete if p["estimated_ms"] <= 1.1 * final)
+        rows.append({"history": path.name, "final estimate ms": final, "trials in all": complete[-1]["trials"],
+                     "minutes in all": complete[-1]["elapsed_s"] / 60, "trials to within 10%": first["trials"],
+                     "minutes to within 10%": first["elapsed_s"] / 60})
+    return rows
+
+
+def int8_section(work: Path, args) -> list[dict]:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from examples.export import example_model, export_onnx
+    from passes import QuantizeConfig
+
+    model, x_tensor = example_model("resnet18")
+    x = x_tensor.numpy()
+    onnx_path = export_onnx(model, x_tensor, work / "resnet18-int8-source.onnx")
+    rng = np.random.default_rng(0)
+    calibration = [rng.random(x.shape, dtype=np.float32) for _ in range(8)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.samples = iter({"input": c} for c in calibration)
+
+        def get_next(self):
+            return next(self.samples, None)
+
+    ort_int8 = work / "resnet18-ort-int8.onnx"
+    with console.status("onnxruntime static int8 quantization (QDQ, per-channel)"):
+        quantize_static(str(onnx_path), str(ort_int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    with console.status("compiling ResNet-18 fp32 and int8"):
+        fp32 = compile_onnx(onnx_path, work / "resnet18-fp32-for-int8")
+        config = QuantizeConfig(tuple({"input": c} for c in calibration), "percentile")
+        int8 = compile_onnx(onnx_path, work / "resnet18-int8", quantize=config)
+    engines = [edgec_engine(int8, x, "edgec int8"), edgec_engine(fp32, x, "edgec fp32"),
+               onnxruntime_engine(ort_int8, x, "onnxruntime int8"), onnxruntime_engine(onnx_path, x, "onnxruntime fp32")]
+    with console.status("timing int8"):
+        latency = median_latencies(engines, args.rounds, max(1, args.runs // 2))
+    tuned = json.loads((int8 / "manifest.json").read_text())["tuning"]
+    return [{"model": "resnet18", "int8 kernels tuned": f"{tuned['tuned']} of {tuned['tasks']}" if tuned else "0",
+             **{f"{k} ms": v * 1e3 for k, v in latency.items()},
+             "edgec fp32 / edgec int8": latency["edgec fp32"] / latency["edgec int8"],
+             "onnxruntime int8 / edgec int8": latency["onnxruntime int8"] / latency["edgec int8"]}]
+
+
+def prune_section(work: Path, args) -> list[dict]:
+    from examples.export import example_model, export_onnx
+    from passes import PruneConfig
+
+    model, x_tensor = example_model("resnet18")
+    x = x_tensor.numpy()
+    onnx_path = export_onnx(model, x_tensor, work / "resnet18-prune-source.onnx")
+    with console.status("compiling ResNet-18 unpruned and 50% pruned (default schedules)"):
+        dense = compile_onnx(onnx_path, work / "resnet18-dense", tuning_log=None)
+        pruned = compile_onnx(onnx_path, work / "resnet18-pruned", tuning_log=None, prune=PruneConfig(0.5))
+    report = next(p for p in json.loads((pruned / "manifest.json").read_text())["passes"] if p["phase"] == "prune")
+    engines = [edgec_engine(dense, x, "unpruned"), edgec_engine(pruned, x, "pruned 50%")]
+    with console.status("timing pruning"):
+        latency = median_latencies(engines, max(3, args.rounds // 2), 1)
+    return [{"model": "resnet18", "GFLOP before": report["report"]["flops_before"] / 1e9,
+             "GFLOP after": report["report"]["flops_after"] / 1e9,
+             **{f"{k} ms": v * 1e3 for k, v in latency.items()},
+             "speed-up": latency["unpruned"] / latency["pruned 50%"]}]
+
+
+def layout_section(work: Path, args) -> list[dict]:
+    from examples.export import example_model, export_onnx
+    from passes import LayoutConfig
+
+    model, x_tensor = example_model("digits")
+    x = x_tensor.numpy()
+    onnx_path = export_onnx(model, x_tensor, work / "digits-layout.onnx")
+    artifacts = {layout: compile_onnx(onnx_path, work / f"digits-{layout}", tuning_log=None, layout=LayoutConfig(layout))
+                 for layout in ("NCHW", "NHWC")}
+    engines = [edgec_engine(path, x, layout) for layout, path in artifacts.items()]
+    latency = median_latencies(engines, args.rounds, args.runs * 10)
+    return [{"model": "digits", **{f"{k} ms": v * 1e3 for k, v in latency.items()},
+             "NCHW / NHWC": latency["NCHW"] / latency["NHWC"]}]
+
+
+def print_rows(title: str, rows: list[dict]) -> None:
+    if not rows:
+        return
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(prog="python -m examples.benchmark", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet18,mobilenetv2", type=lambda s: s.split(","))
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--skip", default="", type=lambda s: set(filter(None, s.split(","))),
+                        help="sections to leave out: fp32, tuning, int8, prune, layout")
+    parser.add_argument("--histories", type=Path, nargs="*",
+                        default=sorted(Path("tuning_logs", PRESET).glob("history-*.jsonl")))
+    parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(THREADS)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="edgec-bench-") as tmp:
+        work = Path(tmp)
+        sections = [("fp32", "fp32, batch 1, medians (ratios > 1: edgec is faster)", fp32_section),
+                    ("tuning", "tuning cost (estimates from the tuning process)", lambda w, a: tuning_cost_section(a.histories)),
+                    ("int8", "int8 ResNet-18 (ratios > 1: edgec int8 is faster)", int8_section),
+                    ("prune", "structured pruning, ResNet-18", prune_section),
+                    ("layout", "conv layout, digits CNN", layout_section)]
+        for key, title, section in sections:
+            if key in args.skip:
+                continue
+            results[key] = section(work, args)
+            print_rows(title, results[key])
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
