@@ -64,7 +64,7 @@ def compile_model(model: ImportedModel, options: CompileOptions, out_dir: Path) 
     preset = options.preset
     check_toolchain(preset)
     target = preset.tvm_target()
-    pipeline, guard_report = guard_quantization(model.mod, options.pipeline, options.accuracy_guard)
+    pipeline, guard_report = guard_quantization(model.mod, options.pipeline.for_preset(preset), options.accuracy_guard)
     with open_for_compile(pipeline.tuning_log, preset, target) as records:
         result = run_pipeline(model.mod, target, pipeline, preset.layout, records)
     if guard_report is not None:

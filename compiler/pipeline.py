@@ -11,7 +11,7 @@ both see the same tasks.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from passes import (LayoutConfig, PruneConfig, QuantizeConfig, convert_layout, l
 
 if TYPE_CHECKING:
     from compiler.tuning_db import TuningRecords, TuningSummary
+    from targets import Preset
 
 # TVM's per-backend pass lists, keyed by target kind (data, not branches).
 _BACKENDS: dict[str, Callable[[], Any]] = {
@@ -51,6 +52,12 @@ class PipelineConfig:
     prune: PruneConfig | None = None  # --prune RATIO [--prune-criterion]
     layout: LayoutConfig | None = None  # --layout; None: the preset's own layout
     quantize: QuantizeConfig | None = None  # --quantize int8 with its calibration data
+
+    def for_preset(self, preset: Preset) -> PipelineConfig:
+        """The settings the target decides: int8 activation signedness (its dot-product instruction)."""
+        if self.quantize is None or self.quantize.signed_activations == preset.signed_int8_activations:
+            return self
+        return replace(self, quantize=replace(self.quantize, signed_activations=preset.signed_int8_activations))
 
 
 @dataclass(frozen=True)

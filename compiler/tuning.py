@@ -133,7 +133,7 @@ def tune_model(model: ImportedModel, options: TuneOptions, on_progress: Progress
     if options.history is not None:
         on_progress = _with_history(on_progress, options.history)
     target = _check_can_tune(options)
-    pipeline, _ = guard_quantization(model.mod, options.pipeline, options.accuracy_guard)
+    pipeline, _ = guard_quantization(model.mod, options.pipeline.for_preset(options.preset), options.accuracy_guard)
     mod = run_to_tuning_point(model.mod, target, pipeline, options.preset.layout)
     tasks = ms.relax_integration.extract_tasks(mod, target)
     directory = tuning_db.database_dir(options.tuning_log, options.preset)

@@ -53,6 +53,9 @@ class QuantizeConfig:
     percentile: float = 99.99
     keep_float: tuple[str, ...] = ()
     source: str = ""  # where the calibration data came from (for the manifest)
+    # int8 for every activation (ARM's sdot multiplies int8 x int8); False: uint8 where a tensor is
+    # never negative (x86 VNNI's vpdpbusd multiplies uint8 x int8). Set from the target preset.
+    signed_activations: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -66,7 +69,8 @@ class QuantizeConfig:
     def to_json(self) -> dict[str, Any]:
         out = {"dtype": "int8", "method": self.method, "calibration_samples": len(self.calibration),
                "calibration_data": self.source, "keep_float": list(self.keep_float),
-               "weights": "symmetric per output channel", "activations": "per tensor (uint8 when non-negative)"}
+               "weights": "symmetric per output channel",
+               "activations": "int8 per tensor" if self.signed_activations else "per tensor (uint8 when non-negative)"}
         if self.method == "percentile":
             out["percentile"] = self.percentile
         return out
@@ -193,6 +197,10 @@ def calibrate(mod: tvm.IRModule, tensors: Sequence[relax.Var], config: QuantizeC
     return {var: _scale(values, config) for var, values in zip(unique, observed)}
 
 
+def _is_unsigned(stat: dict, config: QuantizeConfig) -> bool:
+    return stat["min"] >= 0 and not config.signed_activations
+
+
 def _observe(mod: tvm.IRModule, tensors: list[relax.Var], samples: Sequence[Mapping[str, np.ndarray]]) -> list[dict]:
     """Run `main` with `tensors` as extra outputs (compiled for this machine) over every sample."""
     probe = _with_outputs(mod, tensors)
@@ -259,7 +267,7 @@ def _with_outputs(mod: tvm.IRModule, tensors: list[relax.Var]) -> tvm.IRModule:
 
 def _scale(stat: dict, config: QuantizeConfig) -> tuple[float, str]:
     """(scale, dtype): uint8 over [0, amax] for a tensor never negative, else int8 over [-amax, amax]."""
-    unsigned = stat["min"] >= 0
+    unsigned = _is_unsigned(stat, config)
     levels = 255 if unsigned else 127
     values = stat["values"]
     if config.method == "minmax" or values.size == 0:

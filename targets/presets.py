@@ -21,7 +21,8 @@ _AARCH64 = dict(triple="aarch64-linux-gnu", cross_compiler="aarch64-linux-gnu-g+
                 apt_package="g++-aarch64-linux-gnu", runtime_wheel_platform="manylinux_2_28_aarch64",
                 elf_machine="aarch64")
 # ARM CPU kernels vectorize over channels (NEON lanes), as ARM's own libraries do: NHWC.
-_ARM_CPU_LAYOUT = dict(layout="NHWC")
+# Their int8 dot-product instruction (sdot) multiplies int8 x int8, so activations stay signed.
+_ARM_CPU_LAYOUT = dict(layout="NHWC", signed_int8_activations=True)
 _QEMU_AARCH64 = dict(emulator="qemu-aarch64", emulator_sysroot="/usr/aarch64-linux-gnu")
 _NO_EMULATOR = dict(emulator=None, emulator_sysroot=None)
 _ARMV7 = dict(triple="arm-linux-gnueabihf", cross_compiler="arm-linux-gnueabihf-g++",
@@ -54,7 +55,9 @@ PRESETS: tuple[Preset, ...] = (
     Preset("x86-avx512", "x86-64 with AVX-512 and VNNI (Intel Cascade Lake and newer, AMD Zen 4)",
            target=_cpu("x86_64-linux-gnu", "cascadelake"), host=None, device="cpu",
            required_cpu_features=("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512dq",
-                                  "avx512vl", "avx512cd", "avx512_vnni"), **_X86_64),
+                                  "avx512vl", "avx512cd", "avx512_vnni"),
+           # MetaSchedule tensorizes int8 conv with VNNI's dot_16x4 only in NHWC (channels innermost)
+           layout="NHWC", **_X86_64),
     Preset("cortex-a53", "Raspberry Pi 3 and other Cortex-A53 boards (4x Cortex-A53, NEON)",
            target=_cpu("aarch64-linux-gnu", "cortex-a53", "+neon"), host=None, device="cpu",
            required_cpu_features=("asimd",), **_AARCH64, **_QEMU_AARCH64, **_ARM_CPU_LAYOUT),

@@ -64,6 +64,8 @@ class Preset:
     elf_machine: str
     notes: str = ""
     layout: str = "NCHW"  # conv data layout the pipeline converts to (passes/layout.py); --layout overrides
+    # int8 activations always signed (ARM sdot: int8 x int8) rather than uint8 when non-negative (x86 VNNI)
+    signed_int8_activations: bool = False
 
     def __post_init__(self) -> None:
         kind = self.target.get("kind")

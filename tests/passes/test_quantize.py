@@ -156,3 +156,33 @@ def test_kernels_do_not_depend_on_the_calibration(digits):
         tasks = ms.relax_integration.extract_tasks(run_to_tuning_point(mod, target, config), target)
         hashes.append(sorted(tvm_ffi.structural_hash(task.dispatched[0]) for task in tasks))
     assert hashes[0] == hashes[1]
+
+
+@pytest.mark.parametrize("preset_name, intrinsic", [
+    ("x86-avx512", "dot_16x4_vnni"),  # vpdpbusd: uint8 x int8, NHWC
+    ("cortex-a76", "dot_4x4_i8i8s32_sdot"),  # sdot: int8 x int8, NHWC
+])
+def test_tuning_can_pick_the_targets_int8_dot_product_instruction(digits, preset_name, intrinsic):
+    """The preset's layout and activation signedness put the dot-product tensor intrinsic into
+    MetaSchedule's search space for the int8 convolutions (compile-only: no such CPU here)."""
+    import re
+
+    from tvm.s_tir import meta_schedule as ms
+
+    from compiler.tuning_db import import_cpu_intrinsics
+    from targets import resolve_target
+
+    import_cpu_intrinsics()
+    mod, calibration, _, _ = digits
+    preset = resolve_target(preset_name)
+    target = preset.tvm_target()
+    config = PipelineConfig(tuning_log=None, quantize=QuantizeConfig(calibration[:10])).for_preset(preset)
+    tasks = ms.relax_integration.extract_tasks(run_to_tuning_point(mod, target, config, preset.layout), target)
+    # conv2d_1 and conv2d_2 (conv2d_0 has one input channel: too few to fill a dot product)
+    convs = [t for t in tasks if re.match(r"fused_conv2d\d", t.task_name)]
+    assert len(convs) == 2
+    for task in convs:
+        context = ms.TuneContext(mod=task.dispatched[0], target=target, space_generator="post-order-apply",
+                                 task_name=task.task_name)
+        used = {name for space in context.generate_design_space() for name in re.findall(r'"(dot_\w+)"', str(space.trace))}
+        assert intrinsic in used, (task.task_name, used)
