@@ -504,7 +504,7 @@ def targets_command(
         return
     for preset in presets:
         execution = preset.execution_here()
-        typer.echo(f"{preset.name:22} {preset.triple:22} {execution.mode:13} {preset.description}")
+        typer.echo(f"{preset.name:22} {preset.triple:22} {execution.mode:13} {preset.layout:5} {preset.description}")
 
 
 def main() -> None:
