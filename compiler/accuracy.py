@@ -26,7 +26,7 @@ from tvm import relax
 from compiler.errors import InputError
 from compiler.evaluate import sqnr_db
 from compiler.pipeline import PipelineConfig, run_graph_passes
-from passes.quantize import QuantizeConfig, find_layers, quantize_int8
+from passes.quantize import QuantizeConfig, QuantizeError, calibrate, find_layers, rewrite_to_integer
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,16 @@ def choose_float_layers(mod: tvm.IRModule, config: PipelineConfig, guard: Accura
     float_mod = run_graph_passes(mod, replace(config, quantize=None, dump_ir=None))
     reference = _outputs(float_mod, guard.samples)
     float_accuracy = _accuracy(reference, reference, guard.labels)
-    layers = [layer.name for layer in find_layers(float_mod)]
+    found = find_layers(float_mod)
+    layers = [layer.name for layer in found]
+    unknown = sorted(set(config.quantize.keep_float) - set(layers))
+    if unknown:
+        raise QuantizeError(f"--keep-float names unknown layer(s) {', '.join(unknown)}; this model's layers: "
+                            f"{', '.join(layers) or 'none'}")
+    ranges = calibrate(float_mod, [layer.input for layer in found], config.quantize)  # once for every candidate
 
     def accuracy_with(keep: Sequence[str]) -> tuple[float, list[np.ndarray]]:
-        quantized = quantize_int8(replace(config.quantize, keep_float=tuple(keep)))(float_mod)
+        quantized = rewrite_to_integer(float_mod, {layer: ranges[layer.input] for layer in found if layer.name not in keep})
         outputs = _outputs(quantized, guard.samples)
         return _accuracy(outputs, reference, guard.labels), outputs
 

@@ -174,6 +174,10 @@ class _GraphOptions:
             raise EdgecError("--quantize int8 needs --calibration-data FILE.npz (inputs keyed by name, samples stacked on axis 0)")
         if (eval_data is None) != (max_accuracy_drop is None):
             raise EdgecError("the accuracy guard needs both --eval-data FILE.npz and --max-accuracy-drop FRACTION")
+        if not 50 < percentile <= 100:
+            raise EdgecError(f"--percentile must be in (50, 100], got {percentile}")
+        if max_accuracy_drop is not None and not 0 <= max_accuracy_drop < 1:
+            raise EdgecError(f"--max-accuracy-drop is a fraction in [0, 1) (0.01 = one point), got {max_accuracy_drop}")
         return cls(
             prune=PruneConfig(prune, prune_criterion.value) if prune is not None else None,
             layout=LayoutConfig(layout.value) if layout is not None else None,

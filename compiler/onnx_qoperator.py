@@ -105,6 +105,8 @@ def _qlinear_matmul(node: onnx.NodeProto, b: _Builder) -> list[onnx.NodeProto]:
 def _qgemm(node: onnx.NodeProto, b: _Builder) -> list[onnx.NodeProto]:
     a, a_scale, a_zp, w, w_scale, w_zp, bias, y_scale, y_zp = _inputs(node, 9)
     attrs = _attributes(node, {"alpha", "transA", "transB"})
+    # the int32 bias is on scale alpha * a_scale * b_scale: dequantized with a_scale * b_scale, it takes alpha
+    attrs["beta"] = attrs.get("alpha", 1.0)
     if attrs.get("transA", 0):
         raise ModelImportError(f"QGemm node '{node.name}' has transA=1, which edgec does not read; re-quantize the float model")
     nodes = [b.dequantize(a, a_scale, a_zp), b.dequantize(w, w_scale, w_zp, axis=0 if attrs.get("transB", 0) else 1)]

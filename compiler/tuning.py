@@ -235,10 +235,15 @@ def _new_log_file(preset: str) -> Path:
 
 def _with_history(on_progress: ProgressCallback | None, path: Path) -> ProgressCallback:
     """Also append each progress point to `path` (how the estimate fell with trials and time)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except OSError as err:
+        raise TuningError(f"cannot write the tuning history '{path}': {err.strerror}") from None
+    run = time.strftime("%Y-%m-%dT%H:%M:%S")  # a resumed run appends points of its own, with its own clock
 
     def notify(tasks: Sequence[TaskProgress], elapsed_s: float) -> None:
-        point = {"elapsed_s": round(elapsed_s, 1), "trials": sum(t.trials for t in tasks),
+        point = {"run": run, "elapsed_s": round(elapsed_s, 1), "trials": sum(t.trials for t in tasks),
                  "estimated_ms": float(f"{estimated_s(tasks) * 1e3:.6g}"),
                  "kernels_measured": sum(t.best_s is not None for t in tasks), "kernels": len(tasks)}
         with path.open("a") as out:

@@ -239,8 +239,8 @@ class CompactReport:
 def compact(directory: Path, target: tvm.target.Target) -> CompactReport:
     """Keep only the fastest valid record of every workload (what a compile uses), for shipping.
 
-    Workloads without a valid measurement are dropped with their failed records; the database is
-    locked and both files are replaced atomically.
+    Workload lines keep their numbering (a workload without a valid measurement keeps its line and
+    loses its records), so only the records file is replaced: atomically, under the database lock.
     """
     directory = Path(directory)
     reason = foreign_reason(directory, target)
@@ -251,6 +251,9 @@ def compact(directory: Path, target: tvm.target.Target) -> CompactReport:
                            if (directory / name).is_file())
         before = size()
         repaired = read_repaired(directory)
+        if repaired.dropped:
+            _warn_dropped(repaired, directory)
+            repaired.write(directory)
         best: dict[int, tuple[float, list]] = {}
         for line in repaired.records:
             row = _record(line)
@@ -260,11 +263,9 @@ def compact(directory: Path, target: tvm.target.Target) -> CompactReport:
             mean = sum(run_secs) / len(run_secs)
             if row[0] not in best or mean < best[row[0]][0]:
                 best[row[0]] = (mean, row[1])
-        kept = sorted(best)
-        workloads = [repaired.workloads[i] for i in kept]
-        records = [json.dumps([new, best[old][1]], separators=(",", ":")) for new, old in enumerate(kept)]
-        Repaired(workloads, records, 0).write(directory)
-        return CompactReport(directory, len(workloads), len(repaired.records), len(records), before, size())
+        records = [json.dumps([index, best[index][1]], separators=(",", ":")) for index in sorted(best)]
+        _write_atomic(directory / RECORDS, "".join(line + "\n" for line in records))
+        return CompactReport(directory, len(best), len(repaired.records), len(records), before, size())
 
 
 def is_tuned(database: ms.database.Database, task: ms.ExtractedTask, target: tvm.target.Target) -> bool:

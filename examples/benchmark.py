@@ -18,6 +18,11 @@ engines at 2 threads, batch 1, so that drift of the machine hits every engine al
 
 from __future__ import annotations
 
+import os
+
+# TVM's thread pool reads this when it starts: the same 2 threads as onnxruntime and PyTorch get.
+os.environ.setdefault("TVM_NUM_THREADS", "2")
+
 import argparse
 import json
 import statistics
@@ -156,6 +161,7 @@ def tuning_cost_section(histories: list[Path]) -> list[dict]:
     rows = []
     for path in histories:
         points = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        points = [p for p in points if p.get("run") == points[0].get("run")]  # the first run: a resume restarts the clock
         complete = [p for p in points if p["kernels_measured"] == p["kernels"]]
         if not complete:
             continue

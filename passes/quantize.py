@@ -193,7 +193,7 @@ def calibrate(mod: tvm.IRModule, tensors: Sequence[relax.Var], config: QuantizeC
     unique = list(dict.fromkeys(tensors))
     if not unique:
         return {}
-    observed = _observe(mod, unique, config.calibration)
+    observed = _observe(mod, unique, config.calibration, keep_values=config.method != "minmax")
     return {var: _scale(values, config) for var, values in zip(unique, observed)}
 
 
@@ -201,8 +201,10 @@ def _is_unsigned(stat: dict, config: QuantizeConfig) -> bool:
     return stat["min"] >= 0 and not config.signed_activations
 
 
-def _observe(mod: tvm.IRModule, tensors: list[relax.Var], samples: Sequence[Mapping[str, np.ndarray]]) -> list[dict]:
-    """Run `main` with `tensors` as extra outputs (compiled for this machine) over every sample."""
+def _observe(mod: tvm.IRModule, tensors: list[relax.Var], samples: Sequence[Mapping[str, np.ndarray]],
+             keep_values: bool) -> list[dict]:
+    """Run `main` with `tensors` as extra outputs (compiled for this machine) over every sample:
+    each tensor's min and max, and with `keep_values` a subsample of its magnitudes."""
     probe = _with_outputs(mod, tensors)
     params = mod["main"].params
     _check_samples(params, samples)
@@ -215,11 +217,12 @@ def _observe(mod: tvm.IRModule, tensors: list[relax.Var], samples: Sequence[Mapp
             array = value.numpy()
             stat["min"] = min(stat["min"], float(array.min()))
             stat["max"] = max(stat["max"], float(array.max()))
-            magnitudes = np.abs(array).ravel()
-            step = max(1, magnitudes.size * len(samples) // _SAMPLE_VALUES)
-            stat["values"].append(magnitudes[::step])
+            if keep_values:
+                magnitudes = np.abs(array).ravel()
+                step = max(1, magnitudes.size * len(samples) // _SAMPLE_VALUES)
+                stat["values"].append(magnitudes[::step])
     for stat in stats:
-        stat["values"] = np.concatenate(stat["values"])
+        stat["values"] = np.concatenate(stat["values"]) if stat["values"] else np.zeros(0, np.float32)
     return stats
 
 
@@ -286,10 +289,11 @@ def entropy_threshold(magnitudes: np.ndarray, levels: int = 128, bins: int = 204
     histogram, edges = np.histogram(magnitudes, bins=bins, range=(0.0, float(magnitudes.max()) or 1.0))
     histogram = histogram.astype(np.float64)
     best, best_kl = bins, np.inf
-    for end in range(levels, bins + 1, max(1, (bins - levels) // 256)):
+    candidates = sorted({*range(levels, bins + 1, max(1, (bins - levels) // 256)), bins})  # the full range too
+    for end in candidates:
         reference = histogram[:end].copy()
         reference[end - 1] += histogram[end:].sum()  # outliers clip to the threshold
-        nonzero = histogram[:end] != 0
+        nonzero = reference != 0
         quantized = np.zeros(end)
         for chunk in np.array_split(np.arange(end), levels):
             used = chunk[nonzero[chunk]]
@@ -321,7 +325,7 @@ class _Quantizer(relax.PyExprMutator):
         super().__init__(mod)
         self.mod_ = mod
         self.plan = plan
-        self.quantized: dict[relax.Var, relax.Var] = {}  # float tensor -> its int8/uint8 version
+        self.quantized: dict[tuple, relax.Var] = {}  # (float tensor, scale, dtype) -> its integer version
 
     def run(self) -> tvm.IRModule:
         main = self.mod_.get_global_var("main")
@@ -360,14 +364,15 @@ class _Quantizer(relax.PyExprMutator):
 
     def _quantize(self, tensor: relax.Var, scale: float, dtype: str) -> relax.Var:
         """The integer version of `tensor` (made once); later float readers get it dequantized."""
-        if tensor in self.quantized:
-            return self.quantized[tensor]
+        key = (tensor, scale, dtype)
+        if key in self.quantized:
+            return self.quantized[key]
         low, high = (0, 255) if dtype == "uint8" else (-128, 127)
         value = self.visit_expr(tensor)
         scaled = relax.op.multiply(value, _broadcast_constant(1.0 / scale, tensor))
         quantized = self.builder_.emit(relax.op.astype(relax.op.clip(relax.op.round(scaled), low, high), dtype),
                                        name_hint=f"{tensor.name}_q")
-        self.quantized[tensor] = quantized
+        self.quantized[key] = quantized
         if isinstance(tensor, relax.DataflowVar):
             dequantized = self.builder_.emit(
                 relax.op.multiply(relax.op.astype(quantized, "float32"), _broadcast_constant(scale, tensor)),
