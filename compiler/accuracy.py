@@ -21,12 +21,11 @@ from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax
 
 from compiler.errors import InputError
-from compiler.evaluate import sqnr_db
+from compiler.evaluate import sqnr_db, top1
 from compiler.pipeline import PipelineConfig, run_graph_passes
-from passes.quantize import QuantizeConfig, QuantizeError, calibrate, find_layers, rewrite_to_integer
+from passes.quantize import QuantizeConfig, calibrate, check_keep_float, find_layers, rewrite_to_integer, run_on_host
 
 
 @dataclass(frozen=True)
@@ -62,10 +61,7 @@ def choose_float_layers(mod: tvm.IRModule, config: PipelineConfig, guard: Accura
     float_accuracy = _accuracy(reference, reference, guard.labels)
     found = find_layers(float_mod)
     layers = [layer.name for layer in found]
-    unknown = sorted(set(config.quantize.keep_float) - set(layers))
-    if unknown:
-        raise QuantizeError(f"--keep-float names unknown layer(s) {', '.join(unknown)}; this model's layers: "
-                            f"{', '.join(layers) or 'none'}")
+    check_keep_float(found, config.quantize.keep_float)
     ranges = calibrate(float_mod, [layer.input for layer in found], config.quantize)  # once for every candidate
 
     def accuracy_with(keep: Sequence[str]) -> tuple[float, list[np.ndarray]]:
@@ -101,18 +97,8 @@ def choose_float_layers(mod: tvm.IRModule, config: PipelineConfig, guard: Accura
 
 def _outputs(mod: tvm.IRModule, samples: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
     """The first output of `main` for every sample, compiled for this machine."""
-    executable = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}))
-    vm = relax.VirtualMachine(executable, tvm.cpu())
-    names = [param.name for param in mod["main"].params]
-    outputs = []
-    for sample in samples:
-        result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(sample[name])) for name in names])
-        first = result if isinstance(result, tvm.runtime.Tensor) else list(result)[0]
-        outputs.append(first.numpy())
-    return outputs
+    return [outputs[0] for outputs in run_on_host(mod, samples)]
 
 
 def _accuracy(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray], labels: np.ndarray | None) -> float:
-    top1 = np.array([o.reshape(-1).argmax() for o in outputs])
-    truth = labels if labels is not None else np.array([r.reshape(-1).argmax() for r in reference])
-    return float((top1 == truth).mean())
+    return float((top1(outputs) == (labels if labels is not None else top1(reference))).mean())

@@ -13,13 +13,16 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
 from compiler.errors import EdgecError
+
+if TYPE_CHECKING:
+    from passes import LayoutConfig, PruneConfig
 
 app = typer.Typer(
     name="edgec",
@@ -149,8 +152,8 @@ def compile_command(
 class _GraphOptions:
     """The graph-pass options `compile` and `tune` share (they must see the same kernels)."""
 
-    prune: Any
-    layout: Any
+    prune: PruneConfig | None
+    layout: LayoutConfig | None
     quantize: Quantize | None
     calibration_data: Path | None
     calibration_method: CalibrationMethod

@@ -86,27 +86,28 @@ def evaluate(run: Runner, reference: Runner, samples: Sequence[Mapping[str, np.n
     """Run both on every sample and compare: top-1 (first output), SQNR and max abs diff (all outputs)."""
     ours = [list(run(sample)) for sample in samples]
     theirs = [list(reference(sample)) for sample in samples]
-    top1 = np.array([outs[0].reshape(-1).argmax() for outs in ours])
-    reference_top1 = np.array([outs[0].reshape(-1).argmax() for outs in theirs])
+    ours_top1 = top1([outs[0] for outs in ours])
+    reference_top1 = top1([outs[0] for outs in theirs])
     return EvalReport(
         samples=len(samples),
-        top1_accuracy=None if labels is None else float((top1 == labels).mean()),
+        top1_accuracy=None if labels is None else float((ours_top1 == labels).mean()),
         reference_top1_accuracy=None if labels is None else float((reference_top1 == labels).mean()),
-        top1_agreement=float((top1 == reference_top1).mean()),
+        top1_agreement=float((ours_top1 == reference_top1).mean()),
         sqnr_db=sqnr_db([o for outs in ours for o in outs], [r for outs in theirs for r in outs]),
         max_abs_diff=max(float(np.abs(o - r).max()) for a, b in zip(ours, theirs) for o, r in zip(a, b)),
         reference=reference_name,
     )
 
 
+def top1(outputs: Sequence[np.ndarray]) -> np.ndarray:
+    """The index of the largest value of each output (one class score vector per sample)."""
+    return np.array([output.reshape(-1).argmax() for output in outputs])
+
+
 def sqnr_db(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
     """Signal-to-noise ratio in dB of `outputs` against `reference` (paired arrays), inf when equal."""
     signal = sum(float(np.sum(np.square(r.astype(np.float64)))) for r in reference)
     noise = sum(float(np.sum(np.square(o.astype(np.float64) - r))) for o, r in zip(outputs, reference))
-    return _sqnr_db(signal, noise)
-
-
-def _sqnr_db(signal: float, noise: float) -> float:
     if noise == 0:
         return math.inf
     return 10 * math.log10(signal / noise) if signal > 0 else -math.inf

@@ -20,7 +20,7 @@ kernel's epilogue: between quantized layers activations travel as int8.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -112,10 +112,7 @@ def quantize_int8(config: QuantizeConfig, on_report: Callable[[QuantizeReport], 
     @tvm.transform.module_pass(opt_level=0, name="quantize_int8")
     def transform(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         layers = find_layers(mod)
-        unknown = sorted(set(config.keep_float) - {layer.name for layer in layers})
-        if unknown:
-            known = ", ".join(layer.name for layer in layers) or "none"
-            raise QuantizeError(f"--keep-float names unknown layer(s) {', '.join(unknown)}; this model's layers: {known}")
+        check_keep_float(layers, config.keep_float)
         chosen = [layer for layer in layers if layer.name not in config.keep_float]
         ranges = calibrate(mod, [layer.input for layer in chosen], config)
         rewritten = rewrite_to_integer(mod, {layer: ranges[layer.input] for layer in chosen})
@@ -152,6 +149,14 @@ def find_layers(mod: tvm.IRModule) -> list[Layer]:
             if layer is not None:
                 layers.append(layer)
     return layers
+
+
+def check_keep_float(layers: Sequence[Layer], keep_float: Sequence[str]) -> None:
+    """Every name in `keep_float` must be one of `layers`; else a QuantizeError listing them."""
+    unknown = sorted(set(keep_float) - {layer.name for layer in layers})
+    if unknown:
+        known = ", ".join(layer.name for layer in layers) or "none"
+        raise QuantizeError(f"--keep-float names unknown layer(s) {', '.join(unknown)}; this model's layers: {known}")
 
 
 def _layer(binding: relax.Binding, counts: dict[str, int]) -> Layer | None:
@@ -205,16 +210,10 @@ def _observe(mod: tvm.IRModule, tensors: list[relax.Var], samples: Sequence[Mapp
              keep_values: bool) -> list[dict]:
     """Run `main` with `tensors` as extra outputs (compiled for this machine) over every sample:
     each tensor's min and max, and with `keep_values` a subsample of its magnitudes."""
-    probe = _with_outputs(mod, tensors)
-    params = mod["main"].params
-    _check_samples(params, samples)
-    executable = tvm.compile(probe, target=tvm.target.Target({"kind": "llvm"}))
-    vm = relax.VirtualMachine(executable, tvm.cpu())
+    _check_samples(mod["main"].params, samples)
     stats = [{"min": np.inf, "max": -np.inf, "values": []} for _ in tensors]
-    for sample in samples:
-        outputs = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(sample[p.name])) for p in params])
-        for stat, value in zip(stats, list(outputs)[1:]):
-            array = value.numpy()
+    for outputs in run_on_host(_with_outputs(mod, tensors), samples):
+        for stat, array in zip(stats, outputs[1:]):
             stat["min"] = min(stat["min"], float(array.min()))
             stat["max"] = max(stat["max"], float(array.max()))
             if keep_values:
@@ -224,6 +223,17 @@ def _observe(mod: tvm.IRModule, tensors: list[relax.Var], samples: Sequence[Mapp
     for stat in stats:
         stat["values"] = np.concatenate(stat["values"]) if stat["values"] else np.zeros(0, np.float32)
     return stats
+
+
+def run_on_host(mod: tvm.IRModule, samples: Sequence[Mapping[str, np.ndarray]]) -> Iterator[list[np.ndarray]]:
+    """Compile `mod` once for this machine and yield `main`'s outputs (flattened to a list) per sample,
+    whose arrays are keyed by `main`'s parameter names."""
+    executable = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}))
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    names = [param.name for param in mod["main"].params]
+    for sample in samples:
+        result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(sample[name])) for name in names])
+        yield [value.numpy() for value in ([result] if isinstance(result, tvm.runtime.Tensor) else list(result))]
 
 
 def _check_samples(params: Sequence[relax.Var], samples: Sequence[Mapping[str, np.ndarray]]) -> None:

@@ -9,13 +9,12 @@ from compiler.evaluate import sqnr_db
 from compiler.frontends import load_model
 from examples.digits_cnn import load_digits_split
 from passes import lower_qdq_to_integer, simplify_for_inference
+from passes.quantize import run_on_host
 
 
 def _outputs(mod, samples) -> list[np.ndarray]:
     """Compile once for the host, run every sample."""
-    executable = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}))
-    vm = relax.VirtualMachine(executable, tvm.cpu())
-    return [vm["main"](tvm.runtime.tensor(sample[None])).numpy() for sample in samples]
+    return [outputs[0] for outputs in run_on_host(mod, [{"input": sample[None]} for sample in samples])]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from compiler.frontends import load_model
 from compiler.pipeline import PipelineConfig, count_kernels, run_to_tuning_point
 from examples.digits_cnn import load_digits_split
 from passes import simplify_for_inference
-from passes.quantize import QuantizeConfig, QuantizeError, entropy_threshold, find_layers, quantize_int8
+from passes.quantize import QuantizeConfig, QuantizeError, entropy_threshold, find_layers, quantize_int8, run_on_host
 from tests.helpers import run_relax
 
 
@@ -28,9 +28,7 @@ def _quantized(mod, calibration, **settings):
 
 
 def _predictions(mod, x: np.ndarray) -> np.ndarray:
-    executable = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}))
-    vm = relax.VirtualMachine(executable, tvm.cpu())
-    return np.concatenate([vm["main"](tvm.runtime.tensor(sample[None])).numpy() for sample in x])
+    return np.concatenate([outputs[0] for outputs in run_on_host(mod, [{"input": sample[None]} for sample in x])])
 
 
 def _integer_calls(mod) -> list[relax.Call]:
