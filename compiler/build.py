@@ -66,7 +66,7 @@ def compile_model(model: ImportedModel, options: CompileOptions, out_dir: Path) 
     target = preset.tvm_target()
     pipeline, guard_report = guard_quantization(model.mod, options.pipeline.for_preset(preset), options.accuracy_guard)
     with open_for_compile(pipeline.tuning_log, preset, target) as records:
-        result = run_pipeline(model.mod, target, pipeline, preset.layout, records)
+        result = run_pipeline(model.mod, target, pipeline, records)
     if guard_report is not None:
         result.reports["quantize"]["accuracy_guard"] = guard_report
     _warn_untuned(result.tuning, preset)

@@ -22,7 +22,7 @@ from rich.text import Text
 from compiler.errors import EdgecError
 
 if TYPE_CHECKING:
-    from passes import LayoutConfig, PruneConfig
+    from passes import LayoutConfig, PruneConfig, WinogradConfig
 
 app = typer.Typer(
     name="edgec",
@@ -72,6 +72,7 @@ MaxAccuracyDropOption = Annotated[Optional[float], typer.Option("--max-accuracy-
 PruneOption = Annotated[Optional[float], typer.Option("--prune", help="Remove this fraction (0-1) of every prunable convolution's output channels.")]
 PruneCriterionOption = Annotated[PruneCriterion, typer.Option("--prune-criterion", help="Channel ranking for --prune: L1 or L2 norm of the channel's weights.")]
 LayoutOption = Annotated[Optional[Layout], typer.Option("--layout", help="Convolution data layout (default: the preset's, see `edgec targets`).")]
+WinogradOption = Annotated[Optional[bool], typer.Option("--winograd/--no-winograd", help="Compute float 3x3 stride-1 convolutions as Winograd F(4x4,3x3) (default: the preset's choice).")]
 DeviceOption = Annotated[Device, typer.Option("--device", "-d", help="local: this CPU, in this process; qemu: the C++ runner under qemu-user (aarch64 artifacts); rpc: a TVM RPC server, through a tracker or directly.")]
 RpcTrackerOption = Annotated[Optional[str], typer.Option("--rpc-tracker", help="HOST:PORT of the RPC tracker (with --rpc-key).")]
 RpcKeyOption = Annotated[Optional[str], typer.Option("--rpc-key", help="Device key the RPC servers registered with at the tracker.")]
@@ -120,6 +121,7 @@ def compile_command(
     prune: PruneOption = None,
     prune_criterion: PruneCriterionOption = PruneCriterion.l1,
     layout: LayoutOption = None,
+    winograd: WinogradOption = None,
 ) -> None:
     """Compile MODEL for a target into an artifact directory (library + manifest.json).
 
@@ -133,8 +135,8 @@ def compile_command(
         preset = resolve_target(target)
         check_toolchain(preset)
         shapes = dict(parse_input_shape(text) for text in input_shape or [])
-        graph = _GraphOptions.check(prune, prune_criterion, layout, quantize, calibration_data, calibration_method,
-                                    percentile, keep_float, eval_data, max_accuracy_drop)
+        graph = _GraphOptions.check(prune, prune_criterion, layout, winograd, quantize, calibration_data,
+                                    calibration_method, percentile, keep_float, eval_data, max_accuracy_drop)
         with console.status(f"importing {model.name}"):
             imported = load_model(model, shapes)
         config = graph.pipeline_config(imported, dump_ir=dump_ir, tuning_log=None if untuned else tuning_log)
@@ -154,6 +156,7 @@ class _GraphOptions:
 
     prune: PruneConfig | None
     layout: LayoutConfig | None
+    winograd: WinogradConfig | None
     quantize: Quantize | None
     calibration_data: Path | None
     calibration_method: CalibrationMethod
@@ -163,10 +166,10 @@ class _GraphOptions:
     max_accuracy_drop: float | None
 
     @classmethod
-    def check(cls, prune, prune_criterion, layout, quantize, calibration_data, calibration_method, percentile,
-              keep_float, eval_data, max_accuracy_drop) -> _GraphOptions:
+    def check(cls, prune, prune_criterion, layout, winograd, quantize, calibration_data, calibration_method,
+              percentile, keep_float, eval_data, max_accuracy_drop) -> _GraphOptions:
         """Settings checked before the model is imported: one line naming what is wrong or missing."""
-        from passes import LayoutConfig, PruneConfig
+        from passes import LayoutConfig, PruneConfig, WinogradConfig
 
         if quantize is None:
             extra = [name for name, value in (("--calibration-data", calibration_data), ("--keep-float", keep_float),
@@ -184,6 +187,7 @@ class _GraphOptions:
         return cls(
             prune=PruneConfig(prune, prune_criterion.value) if prune is not None else None,
             layout=LayoutConfig(layout.value) if layout is not None else None,
+            winograd=WinogradConfig(enabled=winograd) if winograd is not None else None,
             quantize=quantize, calibration_data=calibration_data, calibration_method=calibration_method,
             percentile=percentile, keep_float=tuple(n.strip() for n in (keep_float or "").split(",") if n.strip()),
             eval_data=eval_data, max_accuracy_drop=max_accuracy_drop,
@@ -199,7 +203,7 @@ class _GraphOptions:
             samples, _ = load_eval_data(self.calibration_data, imported.inputs, what="calibration data")
             quantize = QuantizeConfig(tuple(samples), self.calibration_method.value, self.percentile, self.keep_float,
                                       str(self.calibration_data))
-        return PipelineConfig(prune=self.prune, layout=self.layout, quantize=quantize, **settings)
+        return PipelineConfig(prune=self.prune, layout=self.layout, winograd=self.winograd, quantize=quantize, **settings)
 
     def accuracy_guard(self, imported):
         if self.max_accuracy_drop is None:
@@ -225,6 +229,14 @@ def _print_pass_reports(manifest) -> None:
             if guard:
                 typer.echo(f"accuracy guard: {guard['metric']} {guard['float_accuracy']:.4f} float -> "
                            f"{guard['quantized_accuracy']:.4f} int8 (drop {guard['drop']:.4f}, band {guard['max_drop']})")
+        if phase["phase"] == "winograd" and report is not None:
+            settings = phase["settings"]
+            if report["winograd_layers"]:
+                typer.echo(f"winograd: {report['winograd_layers']} 3x3 convolutions as F({settings['tile']}x"
+                           f"{settings['tile']}, 3x3)")
+            elif settings["chosen_by"] == "--winograd":
+                typer.echo(f"winograd: no convolution qualifies (float, NCHW, 3x3, stride 1, groups 1, at least "
+                           f"{settings['min_channels']} channels; NHWC presets need --layout NCHW)")
     if manifest.kernels:
         typer.echo(f"kernels: {manifest.kernels['before_fusion']} operators -> {manifest.kernels['after_fusion']} after fusion")
 
@@ -233,7 +245,7 @@ def _print_pass_reports(manifest) -> None:
 def tune_command(
     model: Annotated[Path, typer.Argument(help="Model file: .onnx or .pt2 (torch.export.save).")],
     target: Annotated[str, typer.Option("--target", "-t", help="Preset name (see `edgec targets`), a triple, or a TVM target JSON dict.")],
-    trials: Annotated[Optional[int], typer.Option("--trials", help="Candidates to measure in all, shared by the untuned kernels by weight x FLOPs (default: 32 per kernel; unbounded with --time-budget).")] = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", help="Candidates to measure in all, shared by the kernels to tune by the time each takes (default: 32 per kernel; unbounded with --time-budget).")] = None,
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Minutes: no new batch of measurements starts after this; what was measured is kept.")] = None,
     trials_per_iter: Annotated[int, typer.Option("--trials-per-iter", help="Candidates per measured batch; every untuned kernel gets at least one batch.")] = 16,
     population: Annotated[int, typer.Option("--population", help="Schedules the evolutionary search evolves per batch: fewer search faster and less thoroughly.")] = 512,
@@ -252,12 +264,15 @@ def tune_command(
     prune: PruneOption = None,
     prune_criterion: PruneCriterionOption = PruneCriterion.l1,
     layout: LayoutOption = None,
+    winograd: WinogradOption = None,
+    refine: Annotated[bool, typer.Option("--refine", help="Also tune kernels that already have records, starting from their best schedules (for more trials per kernel).")] = False,
     history: Annotated[Optional[Path], typer.Option("--history", help="Append one JSON line per measured batch (seconds, trials, estimated latency) to this file.")] = None,
 ) -> None:
     """Tune MODEL's kernels for a target with MetaSchedule, here or on an RPC device; records go to tuning_logs/<preset>/.
 
-    Records are written after every batch, and kernels that have one are skipped: a stopped run resumes.
-    Give the same --quantize/--prune/--layout options as to `edgec compile`: they change the kernels.
+    Records are written after every batch, and kernels that have one are skipped (unless --refine): a
+    stopped run resumes.
+    Give the same --quantize/--prune/--layout/--winograd options as to `edgec compile`: they change the kernels.
     """
     from compiler.frontends import load_model, parse_input_shape
     from compiler.rpc import RemoteSpec, parse_host_port
@@ -270,14 +285,14 @@ def tune_command(
         if rpc_tracker or rpc_key:
             tracker = parse_host_port(rpc_tracker, "--rpc-tracker") if rpc_tracker else None
             remote = RemoteSpec(tracker=tracker, key=rpc_key, timeout_s=timeout)
-        graph = _GraphOptions.check(prune, prune_criterion, layout, quantize, calibration_data, calibration_method,
-                                    percentile, keep_float, eval_data, max_accuracy_drop)
+        graph = _GraphOptions.check(prune, prune_criterion, layout, winograd, quantize, calibration_data,
+                                    calibration_method, percentile, keep_float, eval_data, max_accuracy_drop)
         shapes = dict(parse_input_shape(text) for text in input_shape or [])
         with console.status(f"importing {model.name}"):
             imported = load_model(model, shapes)
         options = TuneOptions(preset, trials=trials, time_budget_s=None if time_budget is None else time_budget * 60,
                               trials_per_iter=trials_per_iter, tuning_log=tuning_log, remote=remote, population=population,
-                              history=history, pipeline=graph.pipeline_config(imported),
+                              history=history, refine=refine, pipeline=graph.pipeline_config(imported),
                               accuracy_guard=graph.accuracy_guard(imported))
         with _TuneDisplay(preset.name, options.time_budget_s, show_planned=trials is not None or time_budget is None) as display:
             report = tune_model(imported, options, display.update)

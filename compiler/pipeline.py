@@ -21,8 +21,8 @@ import tvm.relax.backend.cpu_generic.pipeline  # noqa: F401  (pass lists live in
 import tvm.relax.backend.cuda.pipeline  # noqa: F401
 import tvm.relax.backend.gpu_generic.pipeline  # noqa: F401
 
-from passes import (LayoutConfig, PruneConfig, QuantizeConfig, convert_layout, lower_qdq_to_integer, prune_channels,
-                    quantize_int8, simplify_for_inference)
+from passes import (LayoutConfig, PruneConfig, QuantizeConfig, WinogradConfig, convert_layout, lower_qdq_to_integer,
+                    prune_channels, quantize_int8, simplify_for_inference, winograd_conv2d)
 
 if TYPE_CHECKING:
     from compiler.tuning_db import TuningRecords, TuningSummary
@@ -50,14 +50,18 @@ class PipelineConfig:
     # relative paths are relative to the working directory. None: ignore tuning records.
     tuning_log: Path | None = Path("tuning_logs")
     prune: PruneConfig | None = None  # --prune RATIO [--prune-criterion]
-    layout: LayoutConfig | None = None  # --layout; None: the preset's own layout
+    layout: LayoutConfig | None = None  # --layout; None: the preset's (see for_preset), else NCHW
     quantize: QuantizeConfig | None = None  # --quantize int8 with its calibration data
+    winograd: WinogradConfig | None = None  # --winograd/--no-winograd; None: the preset's, else off
 
     def for_preset(self, preset: Preset) -> PipelineConfig:
-        """The settings the target decides: int8 activation signedness (its dot-product instruction)."""
+        """The settings the target decides unless the user did: conv layout, Winograd, and int8
+        activation signedness (what its dot-product instruction multiplies)."""
+        resolved = replace(self, layout=self.layout or LayoutConfig(preset.layout, chosen_by="preset"),
+                           winograd=self.winograd or WinogradConfig(enabled=preset.winograd, chosen_by="preset"))
         if self.quantize is None or self.quantize.signed_activations == preset.signed_int8_activations:
-            return self
-        return replace(self, quantize=replace(self.quantize, signed_activations=preset.signed_int8_activations))
+            return resolved
+        return replace(resolved, quantize=replace(self.quantize, signed_activations=preset.signed_int8_activations))
 
 
 @dataclass(frozen=True)
@@ -91,39 +95,46 @@ class PipelineResult:
 def build_phases(
     config: PipelineConfig,
     target: tvm.target.Target,
-    layout: str = "NCHW",
     records: TuningRecords | None = None,
     reports: dict[str, Any] | None = None,
 ) -> list[Phase]:
     """The ordered phases for `target`: edgec's graph passes first, then TVM's lowering.
 
-    `layout` is the preset's conv layout (config.layout overrides it). Passes that report what they
-    did (pruning, quantization) put it into `reports` under their phase name. With tuning `records`,
-    their schedules replace the default ones right after the tuning point.
+    `config` comes resolved for the preset (`PipelineConfig.for_preset`). Passes that report what
+    they did (pruning, quantization, Winograd) put it into `reports` under their phase name. With
+    tuning `records`, their schedules replace the default ones right after the tuning point.
     """
-    return [*_phases_to_tuning_point(config, target, layout, reports), *_phases_after_tuning(target, records)]
+    return [*_phases_to_tuning_point(config, target, reports), *_phases_after_tuning(target, records)]
 
 
-def _phases_to_tuning_point(config: PipelineConfig, target: tvm.target.Target, layout: str,
+def _report_to(reports: dict[str, Any], phase: str) -> Callable[[Any], None]:
+    return lambda report: reports.__setitem__(phase, report.to_json())
+
+
+def _phases_to_tuning_point(config: PipelineConfig, target: tvm.target.Target,
                             reports: dict[str, Any] | None) -> list[Phase]:
     backend = _backend(target)
     reports = reports if reports is not None else {}
-    layout_config = config.layout or LayoutConfig(layout)
+    layout_config = config.layout or LayoutConfig(chosen_by="default")
     phases = [
         # edgec graph passes, on the imported module with bound weights
         Phase("simplify", (simplify_for_inference(),)),
         # a pre-quantized (QDQ) model gets integer kernels; a float model passes unchanged
-        Phase("lower-qdq", (lower_qdq_to_integer(lambda r: reports.__setitem__("lower-qdq", r.to_json())),)),
+        Phase("lower-qdq", (lower_qdq_to_integer(_report_to(reports, "lower-qdq")),)),
     ]
     if config.prune is not None:
-        phases.append(Phase("prune", (prune_channels(config.prune, lambda r: reports.__setitem__("prune", r.to_json())),),
-                            config.prune.to_json()))
+        phases.append(Phase("prune", (prune_channels(config.prune, _report_to(reports, "prune")),), config.prune.to_json()))
     if config.quantize is not None:
-        phases.append(Phase("quantize", (quantize_int8(config.quantize, lambda r: reports.__setitem__("quantize", r.to_json())),),
+        phases.append(Phase("quantize", (quantize_int8(config.quantize, _report_to(reports, "quantize")),),
                             config.quantize.to_json()))
+    phases.append(Phase("layout", (convert_layout(layout_config),), {"layout": layout_config.layout,
+                                                                     "chosen_by": layout_config.chosen_by}))
+    if config.winograd is not None:
+        # after layout: only NCHW float convs qualify, and they must be final before legalization. A
+        # disabled phase stays in the list so that the manifest says who disabled it.
+        rewrite = (winograd_conv2d(config.winograd, _report_to(reports, "winograd")),) if config.winograd.enabled else ()
+        phases.append(Phase("winograd", rewrite, config.winograd.to_json()))
     phases += [
-        Phase("layout", (convert_layout(layout_config),), {"layout": layout_config.layout,
-                                                            "chosen_by": "--layout" if config.layout else "preset"}),
         # TVM: library dispatch, legalization to TIR, operator fusion (conv+bias+activation in one kernel)
         Phase("dispatch", tuple(backend.library_dispatch_passes(target))),
         Phase("legalize-fuse", tuple(backend.legalize_passes(target))),
@@ -154,20 +165,19 @@ def _phases_after_tuning(target: tvm.target.Target, records: TuningRecords | Non
     ]
 
 
-def run_pipeline(mod: tvm.IRModule, target: tvm.target.Target, config: PipelineConfig, layout: str = "NCHW",
+def run_pipeline(mod: tvm.IRModule, target: tvm.target.Target, config: PipelineConfig,
                  records: TuningRecords | None = None) -> PipelineResult:
     """Apply every phase in order under `target`, dumping the IR after each when asked."""
     reports: dict[str, Any] = {}
-    phases = build_phases(config, target, layout, records, reports)
+    phases = build_phases(config, target, records, reports)
     kernels: dict[str, int] = {}
     mod = _run_phases(mod, target, config, phases, kernels)
     return PipelineResult(mod, tuple(phases), records.summary if records is not None else None, reports, kernels)
 
 
-def run_to_tuning_point(mod: tvm.IRModule, target: tvm.target.Target, config: PipelineConfig,
-                        layout: str = "NCHW") -> tvm.IRModule:
+def run_to_tuning_point(mod: tvm.IRModule, target: tvm.target.Target, config: PipelineConfig) -> tvm.IRModule:
     """The module MetaSchedule tunes: the phases before tuning records apply, as a compile runs them."""
-    return _run_phases(mod, target, config, _phases_to_tuning_point(config, target, layout, None), {})
+    return _run_phases(mod, target, config, _phases_to_tuning_point(config, target, None), {})
 
 
 # The phases that rewrite the model's graph itself, before any target-specific lowering
@@ -177,7 +187,7 @@ GRAPH_PHASES = ("simplify", "lower-qdq", "prune", "quantize")
 def run_graph_passes(mod: tvm.IRModule, config: PipelineConfig) -> tvm.IRModule:
     """The model after edgec's graph phases only (still target-independent): what quantization sees."""
     host = tvm.target.Target({"kind": "llvm"})
-    phases = [p for p in _phases_to_tuning_point(config, host, "NCHW", None) if p.name in GRAPH_PHASES]
+    phases = [p for p in _phases_to_tuning_point(config, host, None) if p.name in GRAPH_PHASES]
     return _run_phases(mod, host, config, phases, {})
 
 

@@ -2,8 +2,8 @@
 
 The model goes through the pipeline up to its tuning point (`pipeline.run_to_tuning_point`), so the
 tasks tuned here are exactly the ones `edgec compile` looks up. Tasks the preset's database already
-holds a record for are skipped; the rest share the trial budget by weight x FLOPs, each getting at
-least one batch. Records reach the database after every measured batch (a killed run loses only
+holds a record for are skipped (with `refine`, tuned again from their best records); the rest share
+the trial budget by the time they take (`_work`), each getting at least one batch. Records reach the database after every measured batch (a killed run loses only
 the batches in flight), and a re-run resumes with the tasks that have no record yet.
 
 Cost on small machines comes from process start-up, so the builder keeps one worker pool for the
@@ -45,6 +45,7 @@ log = logging.getLogger("edgec.tuning")
 
 DEFAULT_TRIALS_PER_TASK = 32
 UNBOUNDED_TRIALS_PER_TASK = 10_000  # with only a time budget: the budget ends the run
+SEARCH_ATTEMPTS = 2  # a kernel whose candidate search fails this often is given up for the run
 # One measurement: 3 runs per repeat, repeated until 100 ms passed (MetaSchedule's CPU defaults).
 EVALUATOR = dict(number=3, repeat=1, min_repeat_ms=100, enable_cpu_cache_flush=False)
 
@@ -68,6 +69,9 @@ class TuneOptions:
     log_file: Path | None = None  # MetaSchedule's own log; None: a new file in the temp directory
     history: Path | None = None  # JSON lines, one per measured batch: elapsed s, trials, estimated total
     accuracy_guard: AccuracyGuard | None = None  # as in compile: float layers chosen first, then tuned
+    # Also tune kernels that have records (more trials where a first run gave too few); the search
+    # starts from their best measured schedules, and a record only ever improves on them.
+    refine: bool = False
 
     def __post_init__(self) -> None:
         if self.trials is not None and self.trials < 1:
@@ -128,20 +132,22 @@ ProgressCallback = Callable[[Sequence[TaskProgress], float], None]  # (tasks, se
 
 
 def tune_model(model: ImportedModel, options: TuneOptions, on_progress: ProgressCallback | None = None) -> TuneReport:
-    """Tune every task of `model` that the preset's database lacks; records are committed per batch."""
+    """Tune every task of `model` that the preset's database lacks (every task with `refine`);
+    records are committed per batch."""
     start = time.monotonic()
     if options.history is not None:
         on_progress = _with_history(on_progress, options.history)
     target = _check_can_tune(options)
     pipeline, _ = guard_quantization(model.mod, options.pipeline.for_preset(options.preset), options.accuracy_guard)
-    mod = run_to_tuning_point(model.mod, target, pipeline, options.preset.layout)
+    mod = run_to_tuning_point(model.mod, target, pipeline)
     tasks = ms.relax_integration.extract_tasks(mod, target)
     directory = tuning_db.database_dir(options.tuning_log, options.preset)
     stopped, log_file = None, None
     with tuning_db.open_for_tuning(directory, target) as database:
-        progress = [_task_progress(task, database, target) for task in tasks]
-        todo = sorted((i for i, p in enumerate(progress) if not p.skipped), key=lambda i: -_work(progress[i]))
-        plan = plan_trials([_work(progress[i]) for i in todo], _total_trials(options, len(todo)), options.trials_per_iter)
+        progress = [_task_progress(task, database, target, options.refine) for task in tasks]
+        work = _work(progress)
+        todo = sorted((i for i, p in enumerate(progress) if not p.skipped), key=lambda i: -work[i])
+        plan = plan_trials([work[i] for i in todo], _total_trials(options, len(todo)), options.trials_per_iter)
         for i, trials in zip(todo, plan):
             progress[i].planned = trials
         _notify(on_progress, progress, start)
@@ -207,17 +213,27 @@ def _check_remote(remote: RemoteSpec) -> None:
     gc.collect()
 
 
-def _task_progress(task: ms.ExtractedTask, database: ms.database.Database, target: tvm.target.Target) -> TaskProgress:
+def _task_progress(task: ms.ExtractedTask, database: ms.database.Database, target: tvm.target.Target,
+                   refine: bool) -> TaskProgress:
     from tvm.s_tir.analysis import estimate_tir_flops
 
     record = database.query_tuning_record(task.dispatched[0], target, task.task_name)
     best = _mean_s(record.run_secs) if record is not None else None
     flops = float(estimate_tir_flops(task.dispatched[0]))
-    return TaskProgress(task.task_name, int(task.weight), flops, 0, best_s=best, skipped=record is not None)
+    return TaskProgress(task.task_name, int(task.weight), flops, 0, best_s=best, skipped=record is not None and not refine)
 
 
-def _work(task: TaskProgress) -> float:
-    return task.weight * max(task.flops, 1.0)
+def _work(tasks: Sequence[TaskProgress]) -> list[float]:
+    """What each task is worth tuning: its share of the inference time, calls x best latency.
+
+    A task without a measured latency is estimated from its FLOPs at the rate the measured tasks
+    reach (with none measured, FLOPs alone rank them): a first run shares trials by FLOPs, and a
+    --refine run gives most to the kernels that take the most time now.
+    """
+    measured = [t for t in tasks if t.best_s]
+    seconds = sum(t.weight * t.best_s for t in measured)
+    flops_per_s = sum(t.weight * max(t.flops, 1.0) for t in measured) / seconds if seconds else 1.0
+    return [t.weight * (t.best_s if t.best_s else max(t.flops, 1.0) / flops_per_s) for t in tasks]
 
 
 def _total_trials(options: TuneOptions, tasks: int) -> int:
@@ -285,36 +301,67 @@ class _Session:
     def tune(self, tasks: list[ms.ExtractedTask], progress: list[TaskProgress], plan: list[int]) -> str | None:
         """Measure `plan[i]` trials of `tasks[i]`; why it stopped early, if it did (TuneReport.stopped).
 
+        MetaSchedule stops the whole run when one task's candidate search fails (a schedule rule
+        that replays into an invalid schedule, seen with Winograd's rules). Such a task is tried
+        again in a new search with another seed, and after SEARCH_ATTEMPTS failures it is given
+        up with a warning (it keeps what it has, or its default schedule); the other tasks go on.
         The worker pools are shut down whatever happens.
         """
         options = self.options
         tuning_db.import_cpu_intrinsics()
+        batches = [p // options.trials_per_iter for p in plan]
+        issued, failures = [0] * len(tasks), [0] * len(tasks)
         builder = runner = None
         with _task_logs(self.log_file) as task_logger, _stop_on_interrupt() as interrupted:
             try:
-                contexts = _contexts(tasks, self.target, options, task_logger)
                 builder = _PersistentBuilder(options.build_workers, options.build_timeout_s, options.preset.cross_compiler)
                 runner = _runner(options)
-                scheduler = _Scheduler([p // options.trials_per_iter for p in plan], self.deadline, interrupted)
-                ms.tune_tasks(
-                    tasks=contexts,
-                    task_weights=[float(t.weight) for t in tasks],
-                    work_dir=str(self.log_file.parent),  # unused: database, builder and runner are given
-                    max_trials_global=sum(plan),
-                    max_trials_per_task=max(plan),
-                    num_trials_per_iter=options.trials_per_iter,
-                    builder=builder,
-                    runner=runner,
-                    database=self.database,
-                    cost_model="xgb",
-                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), _Progress(progress, self.notify)],
-                    task_scheduler=scheduler,
-                )
+                for attempt in range(SEARCH_ATTEMPTS * len(tasks)):
+                    open_ids = [i for i in range(len(tasks)) if issued[i] < batches[i] and failures[i] < SEARCH_ATTEMPTS]
+                    if not open_ids:
+                        break
+                    scheduler = _Scheduler([batches[i] - issued[i] for i in open_ids], self.deadline, interrupted)
+                    try:
+                        self._search([tasks[i] for i in open_ids], [progress[i] for i in open_ids], scheduler,
+                                     builder, runner, task_logger, attempt)
+                        return scheduler.stopped
+                    except RuntimeError as err:
+                        if scheduler.last is None:
+                            raise
+                        failed = open_ids[scheduler.last]
+                        failures[failed] += 1
+                        scheduler.issued[scheduler.last] -= 1  # that batch measured nothing
+                        gave_up = "giving it up" if failures[failed] >= SEARCH_ATTEMPTS else "trying again"
+                        log.warning("MetaSchedule's search for kernel %s failed (%s); %s, the other kernels go on",
+                                    tasks[failed].task_name, str(err).strip().splitlines()[-1], gave_up)
+                    finally:
+                        for j, i in enumerate(open_ids):
+                            issued[i] += scheduler.issued[j]
+                return None
             finally:
                 for pool_owner in (builder, runner):
                     if pool_owner is not None:
                         pool_owner.pool.shutdown()
-        return scheduler.stopped
+
+    def _search(self, tasks: list[ms.ExtractedTask], progress: list[TaskProgress], scheduler: _Scheduler,
+                builder: ms.builder.Builder, runner: ms.runner.Runner, task_logger: logging.Logger, attempt: int) -> None:
+        options = self.options
+        plan = [b * options.trials_per_iter for b in scheduler.batches]
+        seed = None if options.seed is None else options.seed + attempt
+        ms.tune_tasks(
+            tasks=_contexts(tasks, self.target, options, task_logger, seed),
+            task_weights=[float(t.weight) for t in tasks],
+            work_dir=str(self.log_file.parent),  # unused: database, builder and runner are given
+            max_trials_global=sum(plan),
+            max_trials_per_task=max(plan),
+            num_trials_per_iter=options.trials_per_iter,
+            builder=builder,
+            runner=runner,
+            database=self.database,
+            cost_model="xgb",
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), _Progress(progress, self.notify)],
+            task_scheduler=scheduler,
+        )
 
 
 @contextlib.contextmanager
@@ -343,8 +390,8 @@ def _stop_on_interrupt() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _contexts(tasks, target, options: TuneOptions, task_logger: logging.Logger) -> list[ms.TuneContext]:
-    seeds = ms.utils.fork_seed(options.seed, n=len(tasks))
+def _contexts(tasks, target, options: TuneOptions, task_logger: logging.Logger, seed: int | None) -> list[ms.TuneContext]:
+    seeds = ms.utils.fork_seed(seed, n=len(tasks))
     return [
         ms.TuneContext(
             mod=task.dispatched[0],
@@ -412,6 +459,7 @@ class _Scheduler(PyTaskScheduler):
         self.deadline = deadline
         self.interrupted = interrupted
         self.stopped: str | None = None
+        self.last: int | None = None  # the task picked last: the one whose search runs now
 
     def next_task_id(self) -> int:
         scheduler = self._outer()
@@ -431,6 +479,7 @@ class _Scheduler(PyTaskScheduler):
         if tasks[task_id].runner_futures is not None:
             scheduler.join_running_task(task_id)
         self.issued[task_id] += 1
+        self.last = task_id
         return task_id
 
 

@@ -41,6 +41,7 @@ from compiler.frontends import load_model
 from compiler.pipeline import PipelineConfig, run_to_tuning_point
 from compiler.runtime import LocalModel
 from targets import resolve_target
+from passes import WinogradConfig
 
 console = Console()
 THREADS = 2
@@ -89,7 +90,9 @@ def model_gflop(onnx_path: Path) -> float:
 
     preset = resolve_target(PRESET)
     target = preset.tvm_target()
-    mod = run_to_tuning_point(load_model(onnx_path).mod, target, PipelineConfig(tuning_log=None), preset.layout)
+    # the direct convolutions' FLOPs (Winograd computes fewer; the peak fraction counts the model's own)
+    config = PipelineConfig(tuning_log=None, winograd=WinogradConfig(enabled=False)).for_preset(preset)
+    mod = run_to_tuning_point(load_model(onnx_path).mod, target, config)
     tasks = ms.relax_integration.extract_tasks(mod, target)
     return sum(int(t.weight) * float(estimate_tir_flops(t.dispatched[0])) for t in tasks) / 1e9
 
@@ -142,6 +145,11 @@ def fp32_section(work: Path, args) -> list[dict]:
         with console.status(f"compiling {name} for {PRESET} with tuning_logs/"):
             artifact = compile_onnx(onnx_path, work / f"{name}-fp32")
         engines = [edgec_engine(artifact, x), onnxruntime_engine(onnx_path, x), torch_engine(model, x)]
+        winograd_layers = _phase_report(artifact, "winograd").get("winograd_layers", 0)
+        if winograd_layers:  # the same model with direct convolutions only: what Winograd brought
+            with console.status(f"compiling {name} with --no-winograd"):
+                direct = compile_onnx(onnx_path, work / f"{name}-direct", winograd=WinogradConfig(enabled=False))
+            engines.append(edgec_engine(direct, x, "edgec direct conv"))
         with console.status(f"timing {name}"):
             latency = median_latencies(engines, args.rounds, args.runs)
         gflop = model_gflop(onnx_path)
@@ -151,17 +159,23 @@ def fp32_section(work: Path, args) -> list[dict]:
             **{f"{k} ms": v * 1e3 for k, v in latency.items()},
             "onnxruntime / edgec": latency["onnxruntime"] / latency["edgec"],
             "PyTorch / edgec": latency["PyTorch eager"] / latency["edgec"],
+            "winograd convs": winograd_layers,
+            "direct conv / edgec": latency["edgec direct conv"] / latency["edgec"] if winograd_layers else None,
             "edgec % of peak": 100 * gflop / latency["edgec"] / peak,
             "onnxruntime % of peak": 100 * gflop / latency["onnxruntime"] / peak,
         })
     return rows
 
 
+def _phase_report(artifact: Path, phase: str) -> dict:
+    passes = json.loads((artifact / "manifest.json").read_text())["passes"]
+    return next((p.get("report") or {} for p in passes if p["phase"] == phase), {})
+
+
 def tuning_cost_section(histories: list[Path]) -> list[dict]:
     rows = []
     for path in histories:
-        points = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        points = [p for p in points if p.get("run") == points[0].get("run")]  # the first run: a resume restarts the clock
+        points = _chained([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
         complete = [p for p in points if p["kernels_measured"] == p["kernels"]]
         if not complete:
             continue
@@ -171,6 +185,17 @@ def tuning_cost_section(histories: list[Path]) -> list[dict]:
                      "minutes in all": complete[-1]["elapsed_s"] / 60, "trials to within 10%": first["trials"],
                      "minutes to within 10%": first["elapsed_s"] / 60})
     return rows
+
+
+def _chained(points: list[dict]) -> list[dict]:
+    """History points of successive runs (resumes, --refine) on one clock and one trial count."""
+    chained, offset_s, offset_trials, last = [], 0.0, 0, None
+    for point in points:
+        if last is not None and point.get("run") != last.get("run"):
+            offset_s, offset_trials = offset_s + last["elapsed_s"], offset_trials + last["trials"]
+        chained.append({**point, "elapsed_s": point["elapsed_s"] + offset_s, "trials": point["trials"] + offset_trials})
+        last = point
+    return chained
 
 
 def int8_section(work: Path, args) -> list[dict]:
@@ -246,14 +271,19 @@ def layout_section(work: Path, args) -> list[dict]:
              "NCHW / NHWC": latency["NCHW"] / latency["NHWC"]}]
 
 
+def _cell(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else "" if value is None else str(value)
+
+
 def print_rows(title: str, rows: list[dict]) -> None:
     if not rows:
         return
     table = Table(title=title)
-    for column in rows[0]:
+    columns = list(dict.fromkeys(column for row in rows for column in row))  # rows may lack some (engines per model)
+    for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()))
+        table.add_row(*(_cell(row.get(column)) for column in columns))
     console.print(table)
 
 

@@ -5,6 +5,7 @@ from passes.qdq import lower_qdq_to_integer
 from passes.prune import PruneConfig, PruneReport, plan_pruning, prune_channels
 from passes.quantize import QuantizeConfig, quantize_int8
 from passes.simplify import simplify_for_inference
+from passes.winograd import WinogradConfig, winograd_conv2d
 
 __all__ = ["LayoutConfig", "PruneConfig", "PruneReport", "QuantizeConfig", "convert_layout", "lower_qdq_to_integer", "plan_pruning",
-           "prune_channels", "quantize_int8", "simplify_for_inference"]
+           "prune_channels", "quantize_int8", "simplify_for_inference", "WinogradConfig", "winograd_conv2d"]

@@ -21,6 +21,7 @@ LAYOUTS: dict[str, list[str] | None] = {"NCHW": None, "NHWC": ["NHWC", "OHWI"]}
 @dataclass(frozen=True)
 class LayoutConfig:
     layout: str = "NCHW"
+    chosen_by: str = "--layout"  # or "preset" (for the manifest)
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:

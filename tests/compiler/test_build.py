@@ -63,9 +63,15 @@ def test_digits_accuracy_is_unchanged_by_compilation(example, compiled):
     assert (predictions == y_test).mean() >= 0.95
 
 
-def test_x86_64_preset_runs_natively(example, compiled):
-    files = example("digits")
-    outputs = LocalModel(compiled("digits", "onnx", "x86-64")).run({"input": files.input})
+@pytest.mark.parametrize(("name", "winograd_layers"), [("digits", 0), ("resnet18", 13)])
+def test_x86_64_preset_runs_natively(example, compiled, name, winograd_layers):
+    """x86-64 with its shipped records; ResNet-18's 3x3 stride-1 convs run as tuned Winograd kernels."""
+    files = example(name)
+    artifact = compiled(name, "onnx", "x86-64")
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    report = next(p for p in manifest["passes"] if p["phase"] == "winograd").get("report", {})
+    assert report.get("winograd_layers", 0) == winograd_layers
+    outputs = LocalModel(artifact).run({"input": files.input})
     assert_close(outputs["output"], files.onnxruntime_output())
 
 
@@ -119,10 +125,13 @@ def test_manifest_records_interface_target_versions_passes_and_hashes(compiled):
     assert data["versions"]["tvm"] == "0.27.0.post1" and data["versions"]["tvm_ffi"] == "0.1.14.post0"
     assert data["model"]["format"] == "onnx" and data["model"]["opset"] == 17 and len(data["model"]["sha256"]) == 64
     phases = [p["phase"] for p in data["passes"]]
-    assert phases == ["simplify", "lower-qdq", "layout", "dispatch", "legalize-fuse", "mark-prepack", "lower", "finalize"]
+    assert phases == ["simplify", "lower-qdq", "layout", "winograd", "dispatch", "legalize-fuse", "mark-prepack", "lower",
+                      "finalize"]
     assert "simplify_for_inference" in data["passes"][0]["passes"]
     assert data["passes"][1]["report"] == {"integer_layers": 0, "layers": []}  # a float model
     assert data["passes"][2]["settings"] == {"layout": "NCHW", "chosen_by": "preset"}
+    assert data["passes"][3] == {"phase": "winograd", "passes": [], "settings": {  # off for host: the preset's choice
+        "enabled": False, "tile": 4, "min_channels": 16, "chosen_by": "preset"}}
     # conv + bias + relu (and the rest) fused: fewer kernels than operators
     assert 0 < data["kernels"]["after_fusion"] < data["kernels"]["before_fusion"]
     assert data["files"] == {"model.so": sha256_file(artifact / "model.so")}
@@ -134,11 +143,11 @@ def test_dump_ir_writes_the_module_after_every_phase(example, tmp_path):
     options = CompileOptions(resolve_target("host"), PipelineConfig(dump_ir=ir_dir))
     compile_model(load_model(example("digits").onnx), options, tmp_path / "out")
     dumps = sorted(p.name for p in ir_dir.iterdir())
-    assert dumps == ["00-imported.py", "01-simplify.py", "02-lower-qdq.py", "03-layout.py", "04-dispatch.py",
-                     "05-legalize-fuse.py", "06-mark-prepack.py", "07-lower.py", "08-finalize.py"]
+    assert dumps == ["00-imported.py", "01-simplify.py", "02-lower-qdq.py", "03-layout.py", "04-winograd.py",
+                     "05-dispatch.py", "06-legalize-fuse.py", "07-mark-prepack.py", "08-lower.py", "09-finalize.py"]
     assert "R.nn.conv2d" in (ir_dir / "00-imported.py").read_text()
-    assert "R.nn.conv2d" not in (ir_dir / "05-legalize-fuse.py").read_text()  # lowered to TIR
-    assert "layout_free_buffers" in (ir_dir / "06-mark-prepack.py").read_text()
+    assert "R.nn.conv2d" not in (ir_dir / "06-legalize-fuse.py").read_text()  # lowered to TIR
+    assert "layout_free_buffers" in (ir_dir / "07-mark-prepack.py").read_text()
 
 
 def test_failed_compile_leaves_nothing_behind(tmp_path):

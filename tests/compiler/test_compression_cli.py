@@ -116,3 +116,19 @@ def test_evaluate_rejects_data_for_another_model(compiled, tmp_path):
     np.savez(tmp_path / "other.npz", input=np.zeros((3, 3, 224, 224), np.float32))
     error = one_line_error("evaluate", compiled("digits", "onnx", "host"), "--eval-data", tmp_path / "other.npz")
     assert "'input' has shape 3x3x224x224; expected N x 1x1x8x8" in error
+
+
+def test_winograd_settings_come_from_the_preset_or_the_flag(example, tmp_path):
+    """The preset decides unless --winograd/--no-winograd does; the digits CNN's convs are too small for
+    Winograd (ResNet-18's are: test_build.py), so x86-64 leaves them direct."""
+    files = example("digits")
+    for target, flags, enabled, chosen_by in (("x86-64", (), True, "preset"), ("x86-64", ("--no-winograd",), False, "--winograd"),
+                                              ("host", (), False, "preset")):
+        out = tmp_path / f"{target}{''.join(flags)}"
+        edgec("compile", files.onnx, "-t", target, "-o", out, "--tuning-log", tmp_path / "none", *flags)
+        phase = _phase(_manifest(out), "winograd")
+        assert phase["settings"]["enabled"] == enabled and phase["settings"]["chosen_by"] == chosen_by
+        assert phase.get("report", {}).get("winograd_layers", 0) == 0
+    printed = edgec("compile", files.onnx, "-t", "cortex-a72", "-o", tmp_path / "nhwc", "--tuning-log", tmp_path / "none",
+                    "--winograd")
+    assert "winograd: no convolution qualifies" in printed and "--layout NCHW" in printed

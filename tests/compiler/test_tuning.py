@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +27,13 @@ import psutil
 import pytest
 from tvm.s_tir import meta_schedule as ms
 
-from compiler import tuning_db
+from compiler import tuning, tuning_db
 from compiler.build import CompileOptions, compile_model
 from compiler.errors import TuningError
 from compiler.pipeline import PipelineConfig, run_to_tuning_point
 from compiler.rpc import RemoteSpec
 from compiler.runtime import open_model
-from compiler.tuning import TuneOptions, plan_trials, tune_model
+from compiler.tuning import TaskProgress, TuneOptions, plan_trials, tune_model
 from targets import resolve_target
 from tests.rpc_processes import HOST, Process, free_port, start_server, start_tracker
 from tests.helpers import edgec, one_line_error
@@ -107,6 +108,14 @@ def test_plan_gives_every_task_a_batch_and_the_rest_by_work():
     assert sum(plan) == 100 and plan == [50, 30, 20]
 
 
+def test_work_is_the_time_a_kernel_takes_or_its_flops_at_the_measured_rate():
+    slow = TaskProgress("slow", weight=1, flops=1e8, planned=0, best_s=0.010)  # 10 GFLOP/s: badly tuned
+    fast = TaskProgress("fast", weight=2, flops=1e9, planned=0, best_s=0.010)  # 100 GFLOP/s
+    new = TaskProgress("new", weight=1, flops=1e9, planned=0)  # no record: at the measured 70 GFLOP/s
+    assert tuning._work([slow, fast, new]) == pytest.approx([0.010, 0.020, 1e9 / (2.1e9 / 0.030)])
+    assert tuning._work([new, replace(new, weight=3)]) == [1e9, 3e9]  # nothing measured: FLOPs rank
+
+
 def test_out_of_range_options_are_tuning_errors(host):
     for bad in (dict(trials=0), dict(time_budget_s=0), dict(trials_per_iter=0), dict(population=1)):
         with pytest.raises(TuningError):
@@ -167,6 +176,41 @@ def test_rerun_skips_every_tuned_task_without_new_trials(tuned, model, host):
     assert again.estimated_s == pytest.approx(first.estimated_s, rel=0.5)  # bests read back from the records
 
 
+def test_refine_tunes_recorded_kernels_again_from_their_records(tuned, model, host, tmp_path):
+    root, first = tuned
+    directory = copy_database(root, tmp_path)
+    before = len(lines(directory / tuning_db.RECORDS))
+    again = tune_model(model, TuneOptions(host, tuning_log=tmp_path / "logs", refine=True, **FAST))
+    assert again.skipped == 0 and all(t.planned == PER_ITER and t.trials >= 1 for t in again.tasks)
+    assert len(lines(directory / tuning_db.RECORDS)) == before + again.trials  # appended, nothing lost
+    firsts = {t.name: t.best_s for t in first.tasks}
+    assert all(t.best_s <= firsts[t.name] for t in again.tasks)  # starts from the recorded best
+
+
+def test_a_kernel_whose_search_keeps_failing_is_given_up_and_the_others_are_tuned(model, host, tmp_path, monkeypatch,
+                                                                                 caplog):
+    """MetaSchedule aborts tune_tasks when one task's candidate search raises (Winograd's rules did, with
+    "The block no longer exists in the IRModule"); the failure is injected where it happens: after
+    the scheduler picked the task, inside tune_tasks."""
+    picked = tuning._Scheduler._cls.next_task_id
+    failing = "fused_conv2d_add_relu1"  # the model's conv kernel
+
+    def next_task_id(self):
+        task_id = picked(self)
+        if task_id >= 0 and self._outer().tasks_[task_id].ctx.task_name == failing:
+            raise RuntimeError("The block no longer exists in the IRModule")
+        return task_id
+
+    monkeypatch.setattr(tuning._Scheduler._cls, "next_task_id", next_task_id)
+    with caplog.at_level(logging.WARNING, logger="edgec"):
+        report = tune_model(model, TuneOptions(host, tuning_log=tmp_path, **FAST))
+    by_name = {t.name: t for t in report.tasks}
+    assert by_name[failing].trials == 0 and by_name[failing].best_s is None
+    assert all(t.trials >= 1 for name, t in by_name.items() if name != failing)  # the others went on
+    warnings = [r.getMessage() for r in caplog.records if failing in r.getMessage()]
+    assert len(warnings) == tuning.SEARCH_ATTEMPTS and "trying again" in warnings[0] and "giving it up" in warnings[-1]
+
+
 def test_tune_cli_rerun_says_nothing_to_tune(tuned, onnx_file):
     root, _ = tuned
     out = edgec("tune", onnx_file, "--target", "host", "--tuning-log", root)
@@ -207,7 +251,7 @@ def test_kernels_without_records_keep_default_schedules_with_one_warning(tuned, 
     with caplog.at_level(logging.WARNING, logger="edgec"):
         manifest = compile_model(model, CompileOptions(host, config), tmp_path / "partial")
     assert manifest.tuning == {"database": str(directory), "tasks": KERNELS, "tuned": 1}
-    applied = (tmp_path / "ir" / "07-apply-tuning.py").read_text()
+    applied = (tmp_path / "ir" / "08-apply-tuning.py").read_text()
     assert applied.count('"tirx.is_scheduled": True') == 1  # what was counted is what was applied
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and f"{KERNELS - 1} of {KERNELS} kernels have no tuning record" in warnings[0]
@@ -408,7 +452,7 @@ def test_shipped_records_cover_every_kernel_of_the_examples(example, name):
     target = preset.tvm_target()
     directory = tuning_db.database_dir(SHIPPED, preset)
     assert tuning_db.foreign_reason(directory, target) is None
-    mod = run_to_tuning_point(load_model(example(name).onnx).mod, target, PipelineConfig(), preset.layout)
+    mod = run_to_tuning_point(load_model(example(name).onnx).mod, target, PipelineConfig().for_preset(preset))
     tasks = ms.relax_integration.extract_tasks(mod, target)
     with tuning_db.open_for_compile(SHIPPED, preset, target) as records:
         untuned = [t.task_name for t in tasks if not tuning_db.is_tuned(records.database, t, target)]

@@ -175,7 +175,7 @@ def test_tuning_can_pick_the_targets_int8_dot_product_instruction(digits, preset
     preset = resolve_target(preset_name)
     target = preset.tvm_target()
     config = PipelineConfig(tuning_log=None, quantize=QuantizeConfig(calibration[:10])).for_preset(preset)
-    tasks = ms.relax_integration.extract_tasks(run_to_tuning_point(mod, target, config, preset.layout), target)
+    tasks = ms.relax_integration.extract_tasks(run_to_tuning_point(mod, target, config), target)
     # conv2d_1 and conv2d_2 (conv2d_0 has one input channel: too few to fill a dot product)
     convs = [t for t in tasks if re.match(r"fused_conv2d\d", t.task_name)]
     assert len(convs) == 2

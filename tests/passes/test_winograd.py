@@ -1,0 +1,103 @@
+"""winograd_conv2d: eligible 3x3 convs become one Winograd kernel with the epilogue fused; numerics hold."""
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+
+from compiler.errors import EdgecError
+from compiler.frontends import import_torch_module
+from passes import simplify_for_inference
+from passes.winograd import WinogradConfig, transform_weight, winograd_conv2d
+from tests.helpers import op_names, run_relax
+
+
+class _Residual(torch.nn.Module):
+    """conv-bn-relu, conv-bn + identity, relu; then a stride-2 conv and a thin conv that stay direct."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(channels)
+        self.conv2 = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(channels)
+        self.down = torch.nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.thin = torch.nn.Conv2d(channels, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = torch.relu(self.bn2(self.conv2(y)) + x)
+        return self.thin(self.down(y))
+
+
+@pytest.fixture(scope="module")
+def residual():
+    torch.manual_seed(0)
+    net = _Residual(16).eval()
+    for bn in (net.bn1, net.bn2):  # batch-norm statistics that are not the identity
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(1, 16, 7, 7)  # 7 is not a multiple of the tile: the last tiles are partial
+    mod = simplify_for_inference()(import_torch_module(net, (x,)).mod)
+    with torch.no_grad():
+        expected = net(x).numpy()
+    return mod, x.numpy(), expected
+
+
+@pytest.mark.parametrize("tile", [2, 4, 6])
+def test_eligible_convs_become_winograd_and_outputs_match(residual, tile):
+    mod, x, expected = residual
+    reports = []
+    rewritten = winograd_conv2d(WinogradConfig(tile=tile, min_macs=0), reports.append)(mod)
+    (report,) = reports
+    # the two stride-1 16->16 convs; the stride-2 conv and the 4-channel conv stay direct
+    assert [layer["output_hw"] for layer in report.layers] == [[7, 7], [7, 7]]
+    assert sum(1 for gv in rewritten.get_global_vars() if gv.name_hint.startswith("conv2d_winograd")) == 2
+    assert "relax.nn.conv2d" in op_names(rewritten)
+    (direct,) = run_relax(mod, x)
+    (actual,) = run_relax(rewritten, x)
+    assert np.abs(direct - expected).max() < 1e-4
+    # F(6x6) has the largest transform constants, so the most rounding
+    assert np.abs(actual - direct).max() < (1e-3 if tile == 6 else 1e-4) * np.abs(direct).max()
+
+
+def test_bias_activation_and_residual_fuse_into_the_winograd_kernel(residual):
+    mod, _, _ = residual
+    rewritten = winograd_conv2d(WinogradConfig(min_macs=0))(mod)
+    with tvm.target.Target({"kind": "llvm"}) as target:
+        fused = tvm.transform.Sequential(list(relax.backend.cpu_generic.pipeline.legalize_passes(target)))(rewritten)
+    names = sorted(gv.name_hint for gv in fused.get_global_vars() if "winograd" in gv.name_hint)
+    assert len(names) == 2
+    assert all(name.startswith("fused_conv2d_winograd") and name.endswith("relu") for name in names), names
+    assert any("_add" in name.split("winograd", 1)[1] for name in names)  # the residual add too
+
+
+def test_weight_transform_matches_the_direct_convolution_on_one_tile():
+    """U = G g G^T, V = B^T d B, Y = A^T (U * V) A equals the valid 3x3 correlation of d with g."""
+    from passes.winograd import _transform_matrices
+
+    rng = np.random.default_rng(1)
+    weight = rng.standard_normal((1, 1, 3, 3))
+    tile = rng.standard_normal((6, 6))
+    a, b, _ = _transform_matrices(4)
+    u = transform_weight(weight, 4)[:, :, 0, 0]
+    y = a.T @ (u * (b.T @ tile @ b)) @ a
+    direct = np.array([[np.sum(tile[i:i + 3, j:j + 3] * weight[0, 0]) for j in range(4)] for i in range(4)])
+    np.testing.assert_allclose(y, direct, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("config", [WinogradConfig(min_channels=32, min_macs=0),  # too thin
+                                    WinogradConfig()])  # 16x16x9 x 7x7 = 113k multiply-adds: too small
+def test_models_without_eligible_convs_are_returned_unchanged(residual, config):
+    mod, _, _ = residual
+    reports = []
+    unchanged = winograd_conv2d(config, reports.append)(mod)
+    assert unchanged.same_as(mod) and reports[0].layers == ()
+    winograd_conv2d(WinogradConfig(min_macs=16 * 16 * 9 * 49), reports.append)(mod)  # the bound is inclusive
+    assert len(reports[1].layers) == 2
+
+
+def test_bad_tile_names_the_choices():
+    with pytest.raises(EdgecError, match="Winograd tile 3 is not supported; choose 2, 4 or 6"):
+        WinogradConfig(tile=3)
