@@ -109,6 +109,8 @@ def _eligible(call: relax.Call, out: relax.Var, config: WinogradConfig) -> bool:
     attrs = call.attrs
     if not isinstance(weight, tvm.ir.GenericConst) or not isinstance(data.ty, relax.TensorType):
         return False
+    if not all(isinstance(dim, tvm.tirx.IntImm) for dim in out.ty.shape):  # the kernel is built for static shapes
+        return False
     shape = [int(dim) for dim in weight.ty.shape]
     return (str(data.ty.dtype) == "float32" and str(attrs.out_dtype or "float32") in ("", "void", "float32")
             and str(attrs.data_layout) == "NCHW" and str(attrs.kernel_layout) == "OIHW"

@@ -101,3 +101,17 @@ def test_models_without_eligible_convs_are_returned_unchanged(residual, config):
 def test_bad_tile_names_the_choices():
     with pytest.raises(EdgecError, match="Winograd tile 3 is not supported; choose 2, 4 or 6"):
         WinogradConfig(tile=3)
+
+
+def test_convs_with_symbolic_shapes_stay_direct():
+    batch = tvm.tirx.Var("batch", "int64")
+    x = relax.Var("x", relax.TensorType((batch, 32, 28, 28), "float32"))
+    builder = relax.BlockBuilder()
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            weight = relax.const(np.ones((32, 32, 3, 3), "float32"))
+            y = builder.emit_output(relax.op.nn.conv2d(x, weight, padding=[1, 1, 1, 1]))
+        builder.emit_func_output(y)
+    reports = []
+    winograd_conv2d(WinogradConfig(min_macs=0), reports.append)(builder.get())
+    assert reports[0].layers == ()
