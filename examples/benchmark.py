@@ -246,12 +246,12 @@ def prune_section(work: Path, args) -> list[dict]:
     with console.status("compiling ResNet-18 unpruned and 50% pruned (default schedules)"):
         dense = compile_onnx(onnx_path, work / "resnet18-dense", tuning_log=None)
         pruned = compile_onnx(onnx_path, work / "resnet18-pruned", tuning_log=None, prune=PruneConfig(0.5))
-    report = next(p for p in json.loads((pruned / "manifest.json").read_text())["passes"] if p["phase"] == "prune")
+    report = _phase_report(pruned, "prune")
     engines = [edgec_engine(dense, x, "unpruned"), edgec_engine(pruned, x, "pruned 50%")]
     with console.status("timing pruning"):
         latency = median_latencies(engines, max(3, args.rounds // 2), 1)
-    return [{"model": "resnet18", "GFLOP before": report["report"]["flops_before"] / 1e9,
-             "GFLOP after": report["report"]["flops_after"] / 1e9,
+    return [{"model": "resnet18", "GFLOP before": report["flops_before"] / 1e9,
+             "GFLOP after": report["flops_after"] / 1e9,
              **{f"{k} ms": v * 1e3 for k, v in latency.items()},
              "speed-up": latency["unpruned"] / latency["pruned 50%"]}]
 
