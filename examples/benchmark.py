@@ -7,10 +7,13 @@ engines at 2 threads, batch 1, so that drift of the machine hits every engine al
 
 - fp32: ResNet-18 and MobileNetV2 (224x224) compiled for the x86-64 preset with the tuning records in
   tuning_logs/x86-64/, against onnxruntime (CPU EP, default optimizations) and PyTorch eager; plus the
-  fraction of this machine's fp32 peak (a 2048^3 GEMM in PyTorch) each model reaches;
+  fraction of this machine's fp32 peak (a 2048^3 GEMM in PyTorch) each model reaches; and, in the
+  same rounds, the model in the layout the preset did not choose (NCHW with Winograd where it
+  applies), and with direct convolutions only (where Winograd rewrote some);
 - tuning cost: from the tuning histories shipped beside the records, the trials and minutes it took
   the estimated latency to get within 10% of its final value;
-- int8: ResNet-18 int8 (edgec PTQ) against edgec fp32 and onnxruntime's static int8 QDQ model;
+- int8: ResNet-18 int8 (edgec PTQ) against edgec fp32 (both NCHW, the layout of the shipped int8
+  records) and onnxruntime's static int8 QDQ model;
 - prune: ResNet-18 with 50% of its channels pruned against the unpruned model, both compiled alike
   (no tuning records exist for the pruned shapes, so both use default schedules);
 - layout: the digits CNN in NCHW and NHWC (default schedules), the layout pass's latency effect.
@@ -41,7 +44,7 @@ from compiler.frontends import load_model
 from compiler.pipeline import PipelineConfig, run_to_tuning_point
 from compiler.runtime import LocalModel
 from targets import resolve_target
-from passes import WinogradConfig
+from passes import LayoutConfig, WinogradConfig
 
 console = Console()
 THREADS = 2
@@ -146,10 +149,18 @@ def fp32_section(work: Path, args) -> list[dict]:
             artifact = compile_onnx(onnx_path, work / f"{name}-fp32")
         engines = [edgec_engine(artifact, x), onnxruntime_engine(onnx_path, x), torch_engine(model, x)]
         winograd_layers = _phase_report(artifact, "winograd").get("winograd_layers", 0)
+        layout = _phase_report(artifact, "layout").get("layout")
         if winograd_layers:  # the same model with direct convolutions only: what Winograd brought
             with console.status(f"compiling {name} with --no-winograd"):
-                direct = compile_onnx(onnx_path, work / f"{name}-direct", winograd=WinogradConfig(enabled=False))
+                direct = compile_onnx(onnx_path, work / f"{name}-direct", winograd=WinogradConfig(enabled=False),
+                                      layout=LayoutConfig(layout))
             engines.append(edgec_engine(direct, x, "edgec direct conv"))
+        # the layout the preset did not choose (NCHW with Winograd wherever it applies)
+        other = {"NCHW": "NHWC", "NHWC": "NCHW"}[layout]
+        with console.status(f"compiling {name} with --layout {other}"):
+            relaid = compile_onnx(onnx_path, work / f"{name}-{other}", layout=LayoutConfig(other),
+                                  winograd=WinogradConfig(enabled=other == "NCHW"))
+        engines.append(edgec_engine(relaid, x, f"edgec {other}"))
         with console.status(f"timing {name}"):
             latency = median_latencies(engines, args.rounds, args.runs)
         gflop = model_gflop(onnx_path)
@@ -161,6 +172,8 @@ def fp32_section(work: Path, args) -> list[dict]:
             "PyTorch / edgec": latency["PyTorch eager"] / latency["edgec"],
             "winograd convs": winograd_layers,
             "direct conv / edgec": latency["edgec direct conv"] / latency["edgec"] if winograd_layers else None,
+            "layout": layout,
+            "other layout / edgec": latency[f"edgec {other}"] / latency["edgec"],
             "edgec % of peak": 100 * gflop / latency["edgec"] / peak,
             "onnxruntime % of peak": 100 * gflop / latency["onnxruntime"] / peak,
         })
@@ -222,9 +235,10 @@ def int8_section(work: Path, args) -> list[dict]:
         quantize_static(str(onnx_path), str(ort_int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     with console.status("compiling ResNet-18 fp32 and int8"):
-        fp32 = compile_onnx(onnx_path, work / "resnet18-fp32-for-int8")
+        nchw = LayoutConfig("NCHW")  # the layout of the shipped int8 records (int8 without VNNI: see README)
+        fp32 = compile_onnx(onnx_path, work / "resnet18-fp32-for-int8", layout=nchw)
         config = QuantizeConfig(tuple({"input": c} for c in calibration), "percentile")
-        int8 = compile_onnx(onnx_path, work / "resnet18-int8", quantize=config)
+        int8 = compile_onnx(onnx_path, work / "resnet18-int8", quantize=config, layout=nchw)
     engines = [edgec_engine(int8, x, "edgec int8"), edgec_engine(fp32, x, "edgec fp32"),
                onnxruntime_engine(ort_int8, x, "onnxruntime int8"), onnxruntime_engine(onnx_path, x, "onnxruntime fp32")]
     with console.status("timing int8"):
@@ -258,7 +272,6 @@ def prune_section(work: Path, args) -> list[dict]:
 
 def layout_section(work: Path, args) -> list[dict]:
     from examples.export import example_model, export_onnx
-    from passes import LayoutConfig
 
     model, x_tensor = example_model("digits")
     x = x_tensor.numpy()

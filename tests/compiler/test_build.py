@@ -14,6 +14,7 @@ from compiler.errors import ArtifactError, InputError, UnsupportedOperatorError
 from compiler.frontends import import_onnx, load_model
 from compiler.pipeline import PipelineConfig
 from compiler.runtime import LocalModel
+from passes import LayoutConfig, WinogradConfig
 from targets import resolve_target
 from targets.elf import elf_machine
 
@@ -63,15 +64,29 @@ def test_digits_accuracy_is_unchanged_by_compilation(example, compiled):
     assert (predictions == y_test).mean() >= 0.95
 
 
-@pytest.mark.parametrize(("name", "winograd_layers"), [("digits", 0), ("resnet18", 13)])
-def test_x86_64_preset_runs_natively(example, compiled, name, winograd_layers):
-    """x86-64 with its shipped records; ResNet-18's 3x3 stride-1 convs run as tuned Winograd kernels."""
+@pytest.mark.parametrize("name", ["digits", "resnet18", "mobilenetv2"])
+def test_x86_64_preset_runs_natively(example, compiled, name):
+    """x86-64 (NHWC) with its shipped records, which cover every kernel."""
     files = example(name)
     artifact = compiled(name, "onnx", "x86-64")
     manifest = json.loads((artifact / "manifest.json").read_text())
-    report = next(p for p in manifest["passes"] if p["phase"] == "winograd").get("report", {})
-    assert report.get("winograd_layers", 0) == winograd_layers
+    phases = {p["phase"]: p for p in manifest["passes"]}
+    assert phases["layout"]["settings"] == {"layout": "NHWC", "chosen_by": "preset"}
+    assert manifest["tuning"]["tuned"] == manifest["tuning"]["tasks"]
     outputs = LocalModel(artifact).run({"input": files.input})
+    assert_close(outputs["output"], files.onnxruntime_output())
+
+
+def test_winograd_resnet18_with_shipped_records_matches_onnxruntime(example, tmp_path):
+    """NCHW with --winograd: the 3x3 stride-1 convs run as tuned Winograd kernels."""
+    files = example("resnet18")
+    config = PipelineConfig(layout=LayoutConfig("NCHW"), winograd=WinogradConfig(enabled=True))
+    compile_model(load_model(files.onnx), CompileOptions(resolve_target("x86-64"), config), tmp_path / "winograd")
+    manifest = json.loads((tmp_path / "winograd" / "manifest.json").read_text())
+    report = next(p for p in manifest["passes"] if p["phase"] == "winograd")["report"]
+    assert report["winograd_layers"] == 13
+    assert manifest["tuning"]["tuned"] == manifest["tuning"]["tasks"]
+    outputs = LocalModel(tmp_path / "winograd").run({"input": files.input})
     assert_close(outputs["output"], files.onnxruntime_output())
 
 

@@ -120,9 +120,10 @@ def test_evaluate_rejects_data_for_another_model(compiled, tmp_path):
 
 def test_winograd_settings_come_from_the_preset_or_the_flag(example, tmp_path):
     """The preset decides unless --winograd/--no-winograd does; the digits CNN's convs are too small for
-    Winograd (ResNet-18's are: test_build.py), so x86-64 leaves them direct."""
+    Winograd (ResNet-18's are: test_build.py), so it leaves them direct."""
     files = example("digits")
-    for target, flags, enabled, chosen_by in (("x86-64", (), True, "preset"), ("x86-64", ("--no-winograd",), False, "--winograd"),
+    for target, flags, enabled, chosen_by in (("x86-64", (), False, "preset"), ("x86-64", ("--no-winograd",), False, "--winograd"),
+                                              ("host", ("--layout", "NCHW", "--winograd"), True, "--winograd"),
                                               ("host", (), False, "preset")):
         out = tmp_path / f"{target}{''.join(flags)}"
         edgec("compile", files.onnx, "-t", target, "-o", out, "--tuning-log", tmp_path / "none", *flags)
