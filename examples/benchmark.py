@@ -149,7 +149,7 @@ def fp32_section(work: Path, args) -> list[dict]:
             artifact = compile_onnx(onnx_path, work / f"{name}-fp32")
         engines = [edgec_engine(artifact, x), onnxruntime_engine(onnx_path, x), torch_engine(model, x)]
         winograd_layers = _phase_report(artifact, "winograd").get("winograd_layers", 0)
-        layout = _phase_report(artifact, "layout").get("layout")
+        layout = _phase(artifact, "layout")["settings"]["layout"]
         if winograd_layers:  # the same model with direct convolutions only: what Winograd brought
             with console.status(f"compiling {name} with --no-winograd"):
                 direct = compile_onnx(onnx_path, work / f"{name}-direct", winograd=WinogradConfig(enabled=False),
@@ -180,9 +180,14 @@ def fp32_section(work: Path, args) -> list[dict]:
     return rows
 
 
-def _phase_report(artifact: Path, phase: str) -> dict:
+def _phase(artifact: Path, phase: str) -> dict:
+    """The manifest's entry for `phase` (its passes, settings and report), {} if it did not run."""
     passes = json.loads((artifact / "manifest.json").read_text())["passes"]
-    return next((p.get("report") or {} for p in passes if p["phase"] == phase), {})
+    return next((p for p in passes if p["phase"] == phase), {})
+
+
+def _phase_report(artifact: Path, phase: str) -> dict:
+    return _phase(artifact, phase).get("report") or {}
 
 
 def tuning_cost_section(histories: list[Path]) -> list[dict]:
