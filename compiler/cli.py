@@ -235,9 +235,8 @@ def _print_pass_reports(manifest) -> None:
                 typer.echo(f"winograd: {report['winograd_layers']} 3x3 convolutions as F({settings['tile']}x"
                            f"{settings['tile']}, 3x3)")
             elif settings["chosen_by"] == "--winograd":
-                typer.echo(f"winograd: no convolution qualifies (float, NCHW, 3x3, stride 1, groups 1, at least "
-                           f"{settings['min_channels']} channels and {settings['min_macs']:,} multiply-adds; "
-                           f"NHWC presets need --layout NCHW)")
+                typer.echo(f"winograd: no convolution qualifies (float, NCHW or NHWC, 3x3, stride 1, groups 1, at least "
+                           f"{settings['min_channels']} channels and {settings['min_macs']:,} multiply-adds)")
     if manifest.kernels:
         typer.echo(f"kernels: {manifest.kernels['before_fusion']} operators -> {manifest.kernels['after_fusion']} after fusion")
 

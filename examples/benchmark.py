@@ -148,19 +148,15 @@ def fp32_section(work: Path, args) -> list[dict]:
         with console.status(f"compiling {name} for {PRESET} with tuning_logs/"):
             artifact = compile_onnx(onnx_path, work / f"{name}-fp32")
         layout = _phase(artifact, "layout")["settings"]["layout"]
-        # the layout the preset did not choose (NCHW with Winograd wherever it applies)
-        other = {"NCHW": "NHWC", "NHWC": "NCHW"}[layout]
+        other = {"NCHW": "NHWC", "NHWC": "NCHW"}[layout]  # the layout the preset did not choose, same Winograd choice
         with console.status(f"compiling {name} with --layout {other}"):
-            relaid = compile_onnx(onnx_path, work / f"{name}-{other}", layout=LayoutConfig(other),
-                                  winograd=WinogradConfig(enabled=other == "NCHW"))
+            relaid = compile_onnx(onnx_path, work / f"{name}-{other}", layout=LayoutConfig(other))
         engines = [edgec_engine(artifact, x), edgec_engine(relaid, x, f"edgec {other}"),
                    onnxruntime_engine(onnx_path, x), torch_engine(model, x)]
-        nchw_engine, nchw = ("edgec", artifact) if layout == "NCHW" else (f"edgec {other}", relaid)
-        winograd_layers = _phase_report(nchw, "winograd").get("winograd_layers", 0)
-        if winograd_layers:  # the NCHW build with direct convolutions only: what Winograd brought
-            with console.status(f"compiling {name} with --layout NCHW --no-winograd"):
-                direct = compile_onnx(onnx_path, work / f"{name}-direct", winograd=WinogradConfig(enabled=False),
-                                      layout=LayoutConfig("NCHW"))
+        winograd_layers = _phase_report(artifact, "winograd").get("winograd_layers", 0)
+        if winograd_layers:  # the same build with direct convolutions only: what Winograd brought
+            with console.status(f"compiling {name} with --no-winograd"):
+                direct = compile_onnx(onnx_path, work / f"{name}-direct", winograd=WinogradConfig(enabled=False))
             engines.append(edgec_engine(direct, x, "edgec direct conv"))
         with console.status(f"timing {name}"):
             latency = median_latencies(engines, args.rounds, args.runs)
@@ -172,7 +168,7 @@ def fp32_section(work: Path, args) -> list[dict]:
             "onnxruntime / edgec": latency["onnxruntime"] / latency["edgec"],
             "PyTorch / edgec": latency["PyTorch eager"] / latency["edgec"],
             "winograd convs": winograd_layers,
-            "direct conv / winograd": latency["edgec direct conv"] / latency[nchw_engine] if winograd_layers else None,
+            "direct conv / winograd": latency["edgec direct conv"] / latency["edgec"] if winograd_layers else None,
             "layout": layout,
             "other layout / edgec": latency[f"edgec {other}"] / latency["edgec"],
             "edgec % of peak": 100 * gflop / latency["edgec"] / peak,

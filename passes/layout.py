@@ -1,8 +1,7 @@
 """Data layout of convolutions: NCHW (as imported) or NHWC (channels innermost, for SIMD over channels).
 
-Tuned direct convs run faster in NHWC on x86-64 (python -m examples.benchmark: MobileNetV2 7.5 ms
-NHWC against 12.6 ms NCHW; ResNet-18 41 ms NHWC against 50 ms NCHW even with Winograd, whose
-kernel is NCHW-only).
+Tuned convs run faster in NHWC on x86-64 (python -m examples.benchmark: MobileNetV2 7.5 ms NHWC
+against 12.6 ms NCHW; ResNet-18 41 ms NHWC direct against 50 ms NCHW even with Winograd).
 
 Blocked NCHW{c}c layouts are not offered here: Relax's ConvertLayout cannot infer conv2d in them (in
 TVM 0.27 it fails with "Layouts must have the same size"); blocking inside kernels is the job of

@@ -6,11 +6,16 @@ becomes alpha^2 independent matrix products over channels, and transforms the re
 needs 36 multiplies per 16 outputs instead of 144: 4x fewer in the dominant GEMM, paid for by two
 cheap transforms. The weight transform happens here, at compile time.
 
-The kernel is TOPI's Winograd compute (tvm.topi.nn.conv2d), restated so that the input is padded far
+NCHW convs get TOPI's Winograd compute (tvm.topi.nn.conv2d), restated so that the input is padded far
 enough for the last partial tile (TOPI's NCHW form reads past the padded input when the output size
 is not a multiple of m). Its stages keep TOPI's names and `schedule_rule` attributes, so MetaSchedule's
-Winograd rules for CPUs and GPUs schedule the transforms and tunes the batched GEMM; the transformed
-weight is a layout-free constant, so the tuned kernel's weight layout is prepacked at compile time.
+Winograd rules for CPUs and GPUs schedule the transforms and tunes the batched GEMM.
+
+NHWC convs get edgec's own form, for CPUs: each transform is written out as the sum of its non-zero
+terms (B^T d B has 484 of a dense 1296 for F(4x4, 3x3)), and edgec's schedule rules (registered
+below) run it vectorized over the innermost channels, where TOPI's rules leave it scalar. MetaSchedule
+tunes the batched GEMM between them. In both forms the transformed weight is a layout-free constant,
+so the tuned kernel's weight layout is prepacked at compile time.
 """
 
 from __future__ import annotations
@@ -44,18 +49,22 @@ class WinogradConfig:
     # Direct multiply-adds at least this: on small images the transforms and the padding of partial
     # tiles cost more than the GEMM saves (the digits CNN's 8x8 and 4x4 convs ran 2-3x slower tuned)
     min_macs: int = 10_000_000
+    # Output tiles at least this: with few tiles the GEMMs are thin and the transformed weights
+    # (alpha^2/9 = 4x the direct ones for tile 4) cost more to stream than the multiply-adds saved
+    # (ResNet-18's 7x7 convs, 4 tiles, ran 1.4x slower tuned in NHWC)
+    min_tiles: int = 16
     chosen_by: str = "--winograd"  # or "preset": who decided `enabled` (for the manifest)
 
     def __post_init__(self) -> None:
         if self.tile not in (2, 4, 6):
             raise EdgecError(f"Winograd tile {self.tile} is not supported; choose 2, 4 or 6")
-        if self.min_channels < 1 or self.min_macs < 0:
+        if self.min_channels < 1 or self.min_macs < 0 or self.min_tiles < 1:
             raise EdgecError(f"Winograd thresholds must be positive, got min_channels={self.min_channels}, "
-                             f"min_macs={self.min_macs}")
+                             f"min_macs={self.min_macs}, min_tiles={self.min_tiles}")
 
     def to_json(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "tile": self.tile, "min_channels": self.min_channels,
-                "min_macs": self.min_macs, "chosen_by": self.chosen_by}
+                "min_macs": self.min_macs, "min_tiles": self.min_tiles, "chosen_by": self.chosen_by}
 
 
 @dataclass(frozen=True)
@@ -70,8 +79,10 @@ def winograd_conv2d(config: WinogradConfig, on_report: Callable[[WinogradReport]
                     ) -> tvm.transform.Pass:
     """Rewrite every eligible conv2d in `main` into a Winograd F(tile x tile, 3x3) kernel.
 
-    Eligible: float32, NCHW data with OIHW constant weights, 3x3, stride 1, dilation 1, one group,
-    at least `config.min_channels` input and output channels and `config.min_macs` multiply-adds.
+    Eligible: float32, NCHW data with OIHW constant weights or NHWC with OHWI (after convert_layout),
+    3x3, stride 1, dilation 1, one group,
+    at least `config.min_channels` input and output channels, `config.min_macs` multiply-adds and
+    `config.min_tiles` output tiles.
     Others are left as they are.
     Needs: weights bound as constants (after `simplify_for_inference`), static shapes.
     Guarantees: each rewritten conv is one call_tir whose output stage takes the fused epilogue
@@ -112,13 +123,25 @@ def _eligible(call: relax.Call, out: relax.Var, config: WinogradConfig) -> bool:
     if not all(isinstance(dim, tvm.tirx.IntImm) for dim in out.ty.shape):  # the kernel is built for static shapes
         return False
     shape = [int(dim) for dim in weight.ty.shape]
+    layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout or attrs.data_layout))
+    if layouts not in _KERNEL_LAYOUTS:
+        return False
+    out_channels, in_channels, kernel_h, kernel_w = _oihw(shape, layouts[1])
+    out_hw = [int(d) for d in out.ty.shape][1:3] if layouts[0] == "NHWC" else [int(d) for d in out.ty.shape][2:]
     return (str(data.ty.dtype) == "float32" and str(attrs.out_dtype or "float32") in ("", "void", "float32")
-            and str(attrs.data_layout) == "NCHW" and str(attrs.kernel_layout) == "OIHW"
-            and str(attrs.out_layout or "NCHW") == "NCHW"
-            and shape[2:] == [KERNEL_SIZE, KERNEL_SIZE] and int(attrs.groups) == 1
+            and [kernel_h, kernel_w] == [KERNEL_SIZE, KERNEL_SIZE] and int(attrs.groups) == 1
             and [int(s) for s in attrs.strides] == [1, 1] and [int(d) for d in attrs.dilation] == [1, 1]
-            and min(shape[:2]) >= config.min_channels
-            and np.prod(shape) * np.prod([int(d) for d in out.ty.shape][2:]) >= config.min_macs)
+            and min(out_channels, in_channels) >= config.min_channels
+            and np.prod(shape) * np.prod(out_hw) >= config.min_macs
+            and np.prod([-(-size // config.tile) for size in out_hw]) * int(out.ty.shape[0]) >= config.min_tiles)
+
+
+# (data, kernel, output) layouts the rewrite handles: as imported, and after convert_layout to NHWC
+_KERNEL_LAYOUTS = {("NCHW", "OIHW", "NCHW"), ("NHWC", "OHWI", "NHWC")}
+
+
+def _oihw(shape: list[int], kernel_layout: str) -> list[int]:
+    return [shape[kernel_layout.index(axis)] for axis in "OIHW"]
 
 
 @relax.expr_functor.mutator
@@ -140,9 +163,11 @@ class _WinogradRewriter(relax.PyExprMutator):
             super().visit_var_binding_(binding)
             return
         data = self.visit_expr(call.args[0])
-        weight = call.args[1].value.numpy()
+        kernel_layout = str(call.attrs.kernel_layout)
+        weight = call.args[1].value.numpy().transpose([kernel_layout.index(axis) for axis in "OIHW"])
         padding = tuple(int(p) for p in call.attrs.padding)
-        kernel = self.builder_.call_te(_winograd_nchw, data, relax.const(transform_weight(weight, self.config.tile)),
+        compute = _winograd_nhwc if str(call.attrs.data_layout) == "NHWC" else _winograd_nchw
+        kernel = self.builder_.call_te(compute, data, relax.const(transform_weight(weight, self.config.tile)),
                                        padding=padding, tile=self.config.tile, primfunc_name_hint="conv2d_winograd")
         func_var = kernel.args[0]
         self.builder_.update_func(func_var, self.builder_.get()[func_var].with_attr("op_pattern", _OUT_ELEMWISE_FUSABLE))
@@ -151,7 +176,8 @@ class _WinogradRewriter(relax.PyExprMutator):
         self.set_var_remap(binding.var, new)
         out_shape = [int(dim) for dim in binding.var.ty.shape]
         self.layers.append({"name": binding.var.name, "in_channels": weight.shape[1], "out_channels": weight.shape[0],
-                            "output_hw": out_shape[2:], "tile": self.config.tile})
+                            "output_hw": out_shape[1:3] if str(call.attrs.data_layout) == "NHWC" else out_shape[2:],
+                            "layout": str(call.attrs.data_layout), "tile": self.config.tile})
 
 
 def _winograd_nchw(data: te.Tensor, kernel_pack: te.Tensor, padding: tuple[int, int, int, int], tile: int) -> te.Tensor:
@@ -202,3 +228,132 @@ def _tile_transform(shape: tuple[int, ...], alpha: int, term: Callable[..., Any]
     r_b = te.reduce_axis((0, alpha), "r_b")
     return te.compute(shape, lambda *index: te.sum(term(*index, r_a, r_b), axis=[r_a, r_b]), name=name,
                       attrs={"schedule_rule": rule})
+
+
+# ------------------------------------------------------------------------------------ NHWC, for CPUs
+
+_NHWC_DATA_PACK_RULE = "edgec_winograd_nhwc_data_pack"
+_NHWC_INVERSE_RULE = "edgec_winograd_nhwc_inverse"
+
+
+def _winograd_nhwc(data: te.Tensor, kernel_pack: te.Tensor, padding: tuple[int, int, int, int], tile: int) -> te.Tensor:
+    """NHWC Winograd with pre-transformed weights [alpha, alpha, CI, CO]; transforms as explicit sums.
+
+    Stages: input_tile (alpha x alpha tiles of the padded input), data_pack (B^T d B), bgemm (the
+    alpha^2 GEMMs over channels: what MetaSchedule tunes), inverse (A^T M A) and the NHWC output.
+    """
+    batch, height, width, in_channels = (int(dim) for dim in data.shape)
+    alpha, _, _, out_channels = (int(dim) for dim in kernel_pack.shape)
+    m = tile
+    pad_top, pad_left, pad_bottom, pad_right = padding
+    out_h = height + pad_top + pad_bottom - KERNEL_SIZE + 1
+    out_w = width + pad_left + pad_right - KERNEL_SIZE + 1
+    tiles_h, tiles_w = (out_h + m - 1) // m, (out_w + m - 1) // m
+    extra_h = (tiles_h - 1) * m + alpha - (height + pad_top + pad_bottom)
+    extra_w = (tiles_w - 1) * m + alpha - (width + pad_left + pad_right)
+    # The padded input and the tile gather are scheduled by the data_pack rule ("None": no other rule
+    # may inline them)
+    data_pad = topi.nn.pad(data, (0, pad_top, pad_left, 0),
+                           (0, pad_bottom + max(extra_h, 0), pad_right + max(extra_w, 0), 0), name="data_pad",
+                           attrs={"schedule_rule": "None"})
+    a_mat, b_mat, _ = _transform_matrices(tile)
+    tiles = batch * tiles_h * tiles_w
+
+    input_tile = te.compute(
+        (alpha, alpha, tiles, in_channels),
+        lambda eps, nu, p, ci: data_pad[p // (tiles_h * tiles_w), ((p // tiles_w) % tiles_h) * m + eps,
+                                        (p % tiles_w) * m + nu, ci],
+        name="input_tile", attrs={"schedule_rule": "None"})
+    data_pack = te.compute(
+        (alpha, alpha, tiles, in_channels),
+        lambda eps, nu, p, ci: _explicit_transform(b_mat, b_mat, eps, nu, lambda a, b: input_tile[a, b, p, ci]),
+        name="data_pack", attrs={"schedule_rule": _NHWC_DATA_PACK_RULE})
+    ci = te.reduce_axis((0, in_channels), name="ci")
+    bgemm = te.compute(
+        (alpha, alpha, tiles, out_channels),
+        lambda eps, nu, p, co: te.sum(data_pack[eps, nu, p, ci] * kernel_pack[eps, nu, ci, co], axis=[ci]),
+        name="bgemm", attrs={"layout_free_placeholders": [kernel_pack]})
+    # A sum over one term: MetaSchedule's tiling fuses a GEMM's only consumer into its tiles when
+    # that consumer is elementwise, and fusing this one (it reads all alpha^2 products) fails.
+    once = te.reduce_axis((0, 1), name="once")
+    inverse = te.compute(
+        (m, m, tiles, out_channels),
+        lambda vh, vw, p, co: te.sum(
+            _explicit_transform(a_mat, a_mat, vh, vw, lambda a, b: bgemm[a, b, p, co + once]), axis=[once]),
+        name="inverse", attrs={"schedule_rule": _NHWC_INVERSE_RULE})
+    return te.compute(
+        (batch, out_h, out_w, out_channels),
+        lambda n, h, w, co: inverse[h % m, w % m, n * tiles_h * tiles_w + (h // m) * tiles_w + (w // m), co],
+        name="conv2d_winograd")
+
+
+def _explicit_transform(left: np.ndarray, right: np.ndarray, row: Any, col: Any, value: Callable[[int, int], Any]) -> Any:
+    """(left^T X right)[row, col] as the sum of its non-zero terms, chosen by (row, col).
+
+    The choice is a chain of if_then_else on constants: once the schedule unrolls row and col (edgec's
+    rules do), each output keeps only its own terms.
+    """
+    expr = None
+    for r in range(left.shape[1]):
+        for c in range(right.shape[1]):
+            total = None
+            for a in range(left.shape[0]):
+                for b in range(right.shape[0]):
+                    coefficient = float(left[a, r] * right[b, c])
+                    if coefficient != 0.0:
+                        term = value(a, b) if coefficient == 1.0 else value(a, b) * tvm.tirx.const(coefficient, "float32")
+                        total = term if total is None else total + term
+            if total is None:
+                total = tvm.tirx.const(0.0, "float32")
+            expr = total if expr is None else tvm.tirx.if_then_else(tvm.tirx.all(row == r, col == c), total, expr)
+    return expr
+
+
+_VECTOR_LANES = 8  # float32 lanes of AVX2; LLVM splits them for NEON and joins pairs for AVX-512
+_TILES_PER_STEP = 2  # tiles per innermost step: enough reuse, little register pressure
+
+
+def _split_lanes(sch: Any, channel: Any) -> tuple[Any, Any]:
+    extent = int(sch.get(channel).extent)
+    lanes = next(v for v in (_VECTOR_LANES, 4, 2, 1) if extent % v == 0)
+    return sch.split(channel, [None, lanes])
+
+
+def _schedule_transform(sch: Any, block: Any) -> Any:
+    """Loops (row, col, tile, channel) -> parallel over (tile, channel) blocks, row and col unrolled,
+    channels vectorized innermost; returns the loop under which producers can be computed."""
+    row, col, tile, channel, *once = sch.get_loops(block)
+    channel_outer, channel_inner = _split_lanes(sch, channel)
+    tile_outer, tile_inner = sch.split(tile, [None, _TILES_PER_STEP])
+    sch.reorder(tile_outer, channel_outer, tile_inner, row, col, *once, channel_inner)
+    sch.unroll(row)
+    sch.unroll(col)
+    sch.vectorize(channel_inner)
+    sch.parallel(sch.fuse(tile_outer, channel_outer))
+    return tile_inner
+
+
+def _data_pack_rule(sch: Any, data_pack: Any) -> list[Any]:
+    """MetaSchedule custom rule: the padded input as a parallel copy of its own (padding checks inside
+    the gather cost twice as much), then the input transform with its tile gather per step."""
+    (input_tile,) = sch.get_producers(data_pack)
+    for pad in sch.get_producers(input_tile):
+        *rows, channel = sch.get_loops(pad)
+        _, channel_inner = _split_lanes(sch, channel)
+        sch.parallel(sch.fuse(*rows))
+        sch.vectorize(channel_inner)
+    step = _schedule_transform(sch, data_pack)
+    sch.compute_at(input_tile, step)
+    sch.vectorize(sch.get_loops(input_tile)[-1])
+    return [sch]
+
+
+def _inverse_rule(sch: Any, inverse: Any) -> list[Any]:
+    """MetaSchedule custom rule: the output transform (its consumer and epilogue follow the default rules)."""
+    _schedule_transform(sch, inverse)
+    return [sch]
+
+
+# MetaSchedule looks a block's `schedule_rule` up as a global function per target kind ("cpu": llvm)
+tvm.register_global_func(f"s_tir.meta_schedule.cpu.{_NHWC_DATA_PACK_RULE}", _data_pack_rule, override=True)
+tvm.register_global_func(f"s_tir.meta_schedule.cpu.{_NHWC_INVERSE_RULE}", _inverse_rule, override=True)

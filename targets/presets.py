@@ -51,8 +51,9 @@ _CUDA_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49
 PRESETS: tuple[Preset, ...] = (
     Preset("x86-64", "x86-64 with AVX2 and FMA (Intel Haswell and newer, AMD Zen)",
            target=_cpu("x86_64-linux-gnu", "haswell"), host=None, device="cpu",
-           # NHWC: tuned convs vectorize over channels, faster than NCHW even with Winograd (passes/layout.py)
-           required_cpu_features=("avx", "avx2", "fma", "f16c"), layout="NHWC", **_X86_64),
+           # NHWC: tuned convs vectorize over channels, faster than NCHW (passes/layout.py); 3x3 convs
+           # as Winograd F(4x4, 3x3) where they have the tiles for it (passes/winograd.py)
+           required_cpu_features=("avx", "avx2", "fma", "f16c"), layout="NHWC", winograd=True, **_X86_64),
     Preset("x86-avx512", "x86-64 with AVX-512 and VNNI (Intel Cascade Lake and newer, AMD Zen 4)",
            target=_cpu("x86_64-linux-gnu", "cascadelake"), host=None, device="cpu",
            required_cpu_features=("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512dq",

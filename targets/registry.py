@@ -66,8 +66,8 @@ class Preset:
     layout: str = "NCHW"  # conv data layout the pipeline converts to (passes/layout.py); --layout overrides
     # int8 activations always signed (ARM sdot: int8 x int8) rather than uint8 when non-negative (x86 VNNI)
     signed_int8_activations: bool = False
-    # float 3x3 stride-1 convs as Winograd F(4x4, 3x3) (passes/winograd.py, NCHW only). No preset turns
-    # it on: on x86-64, tuned NHWC direct convs ran faster (README figures); --winograd/--no-winograd
+    # float 3x3 stride-1 convs as Winograd F(4x4, 3x3) (passes/winograd.py); --winograd/--no-winograd
+    # override. On for x86-64, where tuned NHWC Winograd kernels beat direct ones (README figures)
     winograd: bool = False
 
     def __post_init__(self) -> None:

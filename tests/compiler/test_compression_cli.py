@@ -122,7 +122,7 @@ def test_winograd_settings_come_from_the_preset_or_the_flag(example, tmp_path):
     """The preset decides unless --winograd/--no-winograd does; the digits CNN's convs are too small for
     Winograd (ResNet-18's are: test_build.py), so it leaves them direct."""
     files = example("digits")
-    for target, flags, enabled, chosen_by in (("x86-64", (), False, "preset"), ("x86-64", ("--no-winograd",), False, "--winograd"),
+    for target, flags, enabled, chosen_by in (("x86-64", (), True, "preset"), ("x86-64", ("--no-winograd",), False, "--winograd"),
                                               ("host", ("--layout", "NCHW", "--winograd"), True, "--winograd"),
                                               ("host", (), False, "preset")):
         out = tmp_path / f"{target}{''.join(flags)}"
@@ -132,4 +132,4 @@ def test_winograd_settings_come_from_the_preset_or_the_flag(example, tmp_path):
         assert phase.get("report", {}).get("winograd_layers", 0) == 0
     printed = edgec("compile", files.onnx, "-t", "cortex-a72", "-o", tmp_path / "nhwc", "--tuning-log", tmp_path / "none",
                     "--winograd")
-    assert "winograd: no convolution qualifies" in printed and "--layout NCHW" in printed
+    assert "winograd: no convolution qualifies (float, NCHW or NHWC, 3x3" in printed

@@ -49,7 +49,7 @@ def residual():
 def test_eligible_convs_become_winograd_and_outputs_match(residual, tile):
     mod, x, expected = residual
     reports = []
-    rewritten = winograd_conv2d(WinogradConfig(tile=tile, min_macs=0), reports.append)(mod)
+    rewritten = winograd_conv2d(WinogradConfig(tile=tile, min_macs=0, min_tiles=1), reports.append)(mod)
     (report,) = reports
     # the two stride-1 16->16 convs; the stride-2 conv and the 4-channel conv stay direct
     assert [layer["output_hw"] for layer in report.layers] == [[7, 7], [7, 7]]
@@ -64,7 +64,7 @@ def test_eligible_convs_become_winograd_and_outputs_match(residual, tile):
 
 def test_bias_activation_and_residual_fuse_into_the_winograd_kernel(residual):
     mod, _, _ = residual
-    rewritten = winograd_conv2d(WinogradConfig(min_macs=0))(mod)
+    rewritten = winograd_conv2d(WinogradConfig(min_macs=0, min_tiles=1))(mod)
     with tvm.target.Target({"kind": "llvm"}) as target:
         fused = tvm.transform.Sequential(list(relax.backend.cpu_generic.pipeline.legalize_passes(target)))(rewritten)
     names = sorted(gv.name_hint for gv in fused.get_global_vars() if "winograd" in gv.name_hint)
@@ -87,15 +87,24 @@ def test_weight_transform_matches_the_direct_convolution_on_one_tile():
     np.testing.assert_allclose(y, direct, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("config", [WinogradConfig(min_channels=32, min_macs=0),  # too thin
+@pytest.mark.parametrize("config", [WinogradConfig(min_channels=32, min_macs=0, min_tiles=1),  # too thin
                                     WinogradConfig()])  # 16x16x9 x 7x7 = 113k multiply-adds: too small
 def test_models_without_eligible_convs_are_returned_unchanged(residual, config):
     mod, _, _ = residual
     reports = []
     unchanged = winograd_conv2d(config, reports.append)(mod)
     assert unchanged.same_as(mod) and reports[0].layers == ()
-    winograd_conv2d(WinogradConfig(min_macs=16 * 16 * 9 * 49), reports.append)(mod)  # the bound is inclusive
+    winograd_conv2d(WinogradConfig(min_macs=16 * 16 * 9 * 49, min_tiles=1), reports.append)(mod)  # inclusive bound
     assert len(reports[1].layers) == 2
+
+
+def test_convs_with_few_output_tiles_stay_direct(residual):
+    """7x7 outputs are 2x2 tiles of F(4x4, 3x3): 4 tiles qualify with min_tiles=4, not with 5 (or the default)."""
+    mod, _, _ = residual
+    counts = []
+    for config in (WinogradConfig(min_macs=0, min_tiles=4), WinogradConfig(min_macs=0, min_tiles=5), WinogradConfig(min_macs=0)):
+        winograd_conv2d(config, lambda report: counts.append(len(report.layers)))(mod)
+    assert counts == [2, 0, 0]
 
 
 def test_bad_tile_names_the_choices():
@@ -113,5 +122,68 @@ def test_convs_with_symbolic_shapes_stay_direct():
             y = builder.emit_output(relax.op.nn.conv2d(x, weight, padding=[1, 1, 1, 1]))
         builder.emit_func_output(y)
     reports = []
-    winograd_conv2d(WinogradConfig(min_macs=0), reports.append)(builder.get())
+    winograd_conv2d(WinogradConfig(min_macs=0, min_tiles=1), reports.append)(builder.get())
     assert reports[0].layers == ()
+
+
+@pytest.fixture(scope="module")
+def residual_nhwc(residual):
+    from passes.layout import LayoutConfig, convert_layout
+
+    mod, x, expected = residual
+    return convert_layout(LayoutConfig("NHWC"))(mod), x, expected
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+def test_nhwc_convs_become_winograd_and_outputs_match(residual, residual_nhwc, tile):
+    """After convert_layout to NHWC (OHWI weights) the same two convs qualify; numerics hold."""
+    mod, x, _ = residual
+    nhwc, _, _ = residual_nhwc
+    reports = []
+    rewritten = winograd_conv2d(WinogradConfig(tile=tile, min_macs=0, min_tiles=1), reports.append)(nhwc)
+    (report,) = reports
+    assert [(layer["layout"], layer["output_hw"]) for layer in report.layers] == [("NHWC", [7, 7])] * 2
+    (direct,) = run_relax(mod, x)
+    (actual,) = run_relax(rewritten, x)
+    assert np.abs(actual - direct).max() < 1e-4 * np.abs(direct).max()
+
+
+def _fused_winograd_kernels(mod):
+    with tvm.target.Target({"kind": "llvm"}) as target:
+        fused = tvm.transform.Sequential(list(relax.backend.cpu_generic.pipeline.legalize_passes(target)))(mod)
+    return fused, sorted(gv.name_hint for gv in fused.get_global_vars() if "winograd" in gv.name_hint)
+
+
+def test_nhwc_winograd_kernels_take_the_epilogue(residual_nhwc):
+    nhwc, _, _ = residual_nhwc
+    _, names = _fused_winograd_kernels(winograd_conv2d(WinogradConfig(min_macs=0, min_tiles=1))(nhwc))
+    assert len(names) == 2 and all(name.startswith("fused_conv2d_winograd") and name.endswith("relu") for name in names)
+    assert any("_add" in name.split("winograd", 1)[1] for name in names)
+
+
+def test_nhwc_schedule_rules_give_vectorized_transforms_that_compute_the_same(residual_nhwc):
+    """MetaSchedule's design space for the NHWC kernel applies edgec's transform rules; the schedule
+    it gives (transforms vectorized over channels, GEMM tiled) computes what the unscheduled kernel does."""
+    from tvm.s_tir import meta_schedule as ms
+
+    nhwc, _, _ = residual_nhwc
+    # tile 2: the same rules on smaller unrolled transforms, so the builds take seconds
+    fused, names = _fused_winograd_kernels(winograd_conv2d(WinogradConfig(tile=2, min_macs=0, min_tiles=1))(nhwc))
+    kernel = tvm.IRModule({"main": fused[names[0]].with_attr("global_symbol", "main")})
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 2})
+    spaces = ms.TuneContext(mod=kernel, target=target, space_generator="post-order-apply",
+                            task_name="winograd").generate_design_space()
+    rng = np.random.default_rng(0)
+    shapes = [[int(d) for d in info.shape] for info in ms.arg_info.ArgInfo.from_prim_func(kernel["main"])]
+    args = [rng.standard_normal(shape).astype("float32") for shape in shapes]
+
+    def run(module):
+        tensors = [tvm.runtime.tensor(a) for a in args[:-1]] + [tvm.runtime.tensor(np.zeros(shapes[-1], "float32"))]
+        tvm.compile(module, target=target)["main"](*tensors)
+        return tensors[-1].numpy()
+
+    expected = run(kernel)
+    assert spaces
+    for space in spaces:
+        assert space.mod.script().count("T.vectorized") >= 3  # input gather, data_pack and inverse at least
+        np.testing.assert_allclose(run(space.mod), expected, rtol=1e-5, atol=1e-5)
