@@ -149,7 +149,7 @@ def test_manifest_records_interface_target_versions_passes_and_hashes(compiled):
     assert data["passes"][1]["report"] == {"integer_layers": 0, "layers": []}  # a float model
     assert data["passes"][2]["settings"] == {"layout": "NCHW", "chosen_by": "preset"}
     assert data["passes"][3] == {"phase": "winograd", "passes": [], "settings": {  # off for host: the preset's choice
-        "enabled": False, "tile": 4, "min_channels": 16, "min_macs": 10_000_000, "chosen_by": "preset"}}
+        "enabled": False, "tile": 4, "min_channels": 16, "min_macs": 10_000_000, "min_tiles": 16, "chosen_by": "preset"}}
     # conv + bias + relu (and the rest) fused: fewer kernels than operators
     assert 0 < data["kernels"]["after_fusion"] < data["kernels"]["before_fusion"]
     assert data["files"] == {"model.so": sha256_file(artifact / "model.so")}
