@@ -236,7 +236,8 @@ def _print_pass_reports(manifest) -> None:
                            f"{settings['tile']}, 3x3)")
             elif settings["chosen_by"] == "--winograd":
                 typer.echo(f"winograd: no convolution qualifies (float, NCHW or NHWC, 3x3, stride 1, groups 1, at least "
-                           f"{settings['min_channels']} channels and {settings['min_macs']:,} multiply-adds)")
+                           f"{settings['min_channels']} channels, {settings['min_macs']:,} multiply-adds and "
+                           f"{settings['min_tiles']} output tiles)")
     if manifest.kernels:
         typer.echo(f"kernels: {manifest.kernels['before_fusion']} operators -> {manifest.kernels['after_fusion']} after fusion")
 

@@ -132,4 +132,4 @@ def test_winograd_settings_come_from_the_preset_or_the_flag(example, tmp_path):
         assert phase.get("report", {}).get("winograd_layers", 0) == 0
     printed = edgec("compile", files.onnx, "-t", "cortex-a72", "-o", tmp_path / "nhwc", "--tuning-log", tmp_path / "none",
                     "--winograd")
-    assert "winograd: no convolution qualifies (float, NCHW or NHWC, 3x3" in printed
+    assert "winograd: no convolution qualifies (float, NCHW or NHWC, 3x3" in printed and "16 output tiles)" in printed
