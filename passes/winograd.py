@@ -127,7 +127,7 @@ def _eligible(call: relax.Call, out: relax.Var, config: WinogradConfig) -> bool:
     if layouts not in _KERNEL_LAYOUTS:
         return False
     out_channels, in_channels, kernel_h, kernel_w = _oihw(shape, layouts[1])
-    out_hw = [int(d) for d in out.ty.shape][1:3] if layouts[0] == "NHWC" else [int(d) for d in out.ty.shape][2:]
+    out_hw = _output_hw(out, layouts[0])
     return (str(data.ty.dtype) == "float32" and str(attrs.out_dtype or "float32") in ("", "void", "float32")
             and [kernel_h, kernel_w] == [KERNEL_SIZE, KERNEL_SIZE] and int(attrs.groups) == 1
             and [int(s) for s in attrs.strides] == [1, 1] and [int(d) for d in attrs.dilation] == [1, 1]
@@ -142,6 +142,11 @@ _KERNEL_LAYOUTS = {("NCHW", "OIHW", "NCHW"), ("NHWC", "OHWI", "NHWC")}
 
 def _oihw(shape: list[int], kernel_layout: str) -> list[int]:
     return [shape[kernel_layout.index(axis)] for axis in "OIHW"]
+
+
+def _output_hw(out: relax.Var, data_layout: str) -> list[int]:
+    shape = [int(dim) for dim in out.ty.shape]
+    return [shape[data_layout.index("H")], shape[data_layout.index("W")]]
 
 
 @relax.expr_functor.mutator
@@ -166,7 +171,8 @@ class _WinogradRewriter(relax.PyExprMutator):
         kernel_layout = str(call.attrs.kernel_layout)
         weight = call.args[1].value.numpy().transpose([kernel_layout.index(axis) for axis in "OIHW"])
         padding = tuple(int(p) for p in call.attrs.padding)
-        compute = _winograd_nhwc if str(call.attrs.data_layout) == "NHWC" else _winograd_nchw
+        data_layout = str(call.attrs.data_layout)
+        compute = _winograd_nhwc if data_layout == "NHWC" else _winograd_nchw
         kernel = self.builder_.call_te(compute, data, relax.const(transform_weight(weight, self.config.tile)),
                                        padding=padding, tile=self.config.tile, primfunc_name_hint="conv2d_winograd")
         func_var = kernel.args[0]
@@ -174,10 +180,26 @@ class _WinogradRewriter(relax.PyExprMutator):
         new = (self.builder_.emit(kernel, name_hint=binding.var.name) if isinstance(binding.var, relax.DataflowVar)
                else self.builder_.emit_output(kernel, name_hint=binding.var.name))
         self.set_var_remap(binding.var, new)
-        out_shape = [int(dim) for dim in binding.var.ty.shape]
         self.layers.append({"name": binding.var.name, "in_channels": weight.shape[1], "out_channels": weight.shape[0],
-                            "output_hw": out_shape[1:3] if str(call.attrs.data_layout) == "NHWC" else out_shape[2:],
-                            "layout": str(call.attrs.data_layout), "tile": self.config.tile})
+                            "output_hw": _output_hw(binding.var, data_layout), "layout": data_layout,
+                            "tile": self.config.tile})
+
+
+def _tiling(height: int, width: int, padding: tuple[int, int, int, int], tile: int
+            ) -> tuple[int, int, int, int, int, int]:
+    """Output size, tiles per column and row, and the bottom/right padding the input needs.
+
+    The last tile row/column reads alpha = tile + 2 inputs from its start: the input is padded
+    that far when the output size is not a multiple of the tile.
+    """
+    pad_top, pad_left, pad_bottom, pad_right = padding
+    alpha = tile + KERNEL_SIZE - 1
+    out_h = height + pad_top + pad_bottom - KERNEL_SIZE + 1
+    out_w = width + pad_left + pad_right - KERNEL_SIZE + 1
+    tiles_h, tiles_w = -(-out_h // tile), -(-out_w // tile)
+    extra_h = (tiles_h - 1) * tile + alpha - (height + pad_top + pad_bottom)
+    extra_w = (tiles_w - 1) * tile + alpha - (width + pad_left + pad_right)
+    return out_h, out_w, tiles_h, tiles_w, pad_bottom + max(extra_h, 0), pad_right + max(extra_w, 0)
 
 
 def _winograd_nchw(data: te.Tensor, kernel_pack: te.Tensor, padding: tuple[int, int, int, int], tile: int) -> te.Tensor:
@@ -185,15 +207,9 @@ def _winograd_nchw(data: te.Tensor, kernel_pack: te.Tensor, padding: tuple[int, 
     batch, in_channels, height, width = (int(dim) for dim in data.shape)
     alpha, _, _, out_channels = (int(dim) for dim in kernel_pack.shape)
     m = tile
-    pad_top, pad_left, pad_bottom, pad_right = padding
-    out_h = height + pad_top + pad_bottom - KERNEL_SIZE + 1
-    out_w = width + pad_left + pad_right - KERNEL_SIZE + 1
-    tiles_h, tiles_w = (out_h + m - 1) // m, (out_w + m - 1) // m
-    # the last tile row/column reads alpha inputs from its start: pad the input that far
-    extra_h = (tiles_h - 1) * m + alpha - (height + pad_top + pad_bottom)
-    extra_w = (tiles_w - 1) * m + alpha - (width + pad_left + pad_right)
-    data_pad = topi.nn.pad(data, (0, 0, pad_top, pad_left),
-                           (0, 0, pad_bottom + max(extra_h, 0), pad_right + max(extra_w, 0)), name="data_pad")
+    out_h, out_w, tiles_h, tiles_w, pad_bottom, pad_right = _tiling(height, width, padding, tile)
+    pad_top, pad_left = padding[:2]
+    data_pad = topi.nn.pad(data, (0, 0, pad_top, pad_left), (0, 0, pad_bottom, pad_right), name="data_pad")
     a_mat, b_mat, _ = winograd_transform_matrices(m, KERNEL_SIZE, str(data.dtype))
     tiles = batch * tiles_h * tiles_w
 
@@ -245,16 +261,11 @@ def _winograd_nhwc(data: te.Tensor, kernel_pack: te.Tensor, padding: tuple[int, 
     batch, height, width, in_channels = (int(dim) for dim in data.shape)
     alpha, _, _, out_channels = (int(dim) for dim in kernel_pack.shape)
     m = tile
-    pad_top, pad_left, pad_bottom, pad_right = padding
-    out_h = height + pad_top + pad_bottom - KERNEL_SIZE + 1
-    out_w = width + pad_left + pad_right - KERNEL_SIZE + 1
-    tiles_h, tiles_w = (out_h + m - 1) // m, (out_w + m - 1) // m
-    extra_h = (tiles_h - 1) * m + alpha - (height + pad_top + pad_bottom)
-    extra_w = (tiles_w - 1) * m + alpha - (width + pad_left + pad_right)
+    out_h, out_w, tiles_h, tiles_w, pad_bottom, pad_right = _tiling(height, width, padding, tile)
+    pad_top, pad_left = padding[:2]
     # The padded input and the tile gather are scheduled by the data_pack rule ("None": no other rule
     # may inline them)
-    data_pad = topi.nn.pad(data, (0, pad_top, pad_left, 0),
-                           (0, pad_bottom + max(extra_h, 0), pad_right + max(extra_w, 0), 0), name="data_pad",
+    data_pad = topi.nn.pad(data, (0, pad_top, pad_left, 0), (0, pad_bottom, pad_right, 0), name="data_pad",
                            attrs={"schedule_rule": "None"})
     a_mat, b_mat, _ = _transform_matrices(tile)
     tiles = batch * tiles_h * tiles_w

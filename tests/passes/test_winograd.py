@@ -62,12 +62,10 @@ def test_eligible_convs_become_winograd_and_outputs_match(residual, tile):
     assert np.abs(actual - direct).max() < (1e-3 if tile == 6 else 1e-4) * np.abs(direct).max()
 
 
-def test_bias_activation_and_residual_fuse_into_the_winograd_kernel(residual):
-    mod, _, _ = residual
-    rewritten = winograd_conv2d(WinogradConfig(min_macs=0, min_tiles=1))(mod)
-    with tvm.target.Target({"kind": "llvm"}) as target:
-        fused = tvm.transform.Sequential(list(relax.backend.cpu_generic.pipeline.legalize_passes(target)))(rewritten)
-    names = sorted(gv.name_hint for gv in fused.get_global_vars() if "winograd" in gv.name_hint)
+@pytest.mark.parametrize("layout_fixture", ["residual", "residual_nhwc"])
+def test_bias_activation_and_residual_fuse_into_the_winograd_kernel(request, layout_fixture):
+    mod, _, _ = request.getfixturevalue(layout_fixture)
+    _, names = _fused_winograd_kernels(winograd_conv2d(WinogradConfig(min_macs=0, min_tiles=1))(mod))
     assert len(names) == 2
     assert all(name.startswith("fused_conv2d_winograd") and name.endswith("relu") for name in names), names
     assert any("_add" in name.split("winograd", 1)[1] for name in names)  # the residual add too
@@ -152,13 +150,6 @@ def _fused_winograd_kernels(mod):
     with tvm.target.Target({"kind": "llvm"}) as target:
         fused = tvm.transform.Sequential(list(relax.backend.cpu_generic.pipeline.legalize_passes(target)))(mod)
     return fused, sorted(gv.name_hint for gv in fused.get_global_vars() if "winograd" in gv.name_hint)
-
-
-def test_nhwc_winograd_kernels_take_the_epilogue(residual_nhwc):
-    nhwc, _, _ = residual_nhwc
-    _, names = _fused_winograd_kernels(winograd_conv2d(WinogradConfig(min_macs=0, min_tiles=1))(nhwc))
-    assert len(names) == 2 and all(name.startswith("fused_conv2d_winograd") and name.endswith("relu") for name in names)
-    assert any("_add" in name.split("winograd", 1)[1] for name in names)
 
 
 def test_nhwc_schedule_rules_give_vectorized_transforms_that_compute_the_same(residual_nhwc):
