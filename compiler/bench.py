@@ -106,6 +106,62 @@ def bench_local(artifact: Path, spec: BenchSpec) -> LatencyStats:
     return LatencyStats.from_samples([s * 1e3 for s in seconds], spec.warmup)
 
 
+@dataclass(frozen=True)
+class KernelTime:
+    """A function the VM calls (a kernel, or `VM_BUILTINS` for all of its builtins together): calls
+    and milliseconds per run, the mean over the timed runs."""
+
+    name: str
+    calls: int
+    ms: float
+
+
+VM_BUILTINS = "(VM builtins)"
+
+
+def check_kernel_options(top: int, against: Path | None, device: str) -> None:
+    """`edgec bench --kernels N [--against B]`: per-kernel times need the artifact in this process."""
+    if isinstance(top, bool) or not isinstance(top, int) or top < 0:
+        raise BenchError(f"--kernels must be an integer >= 0 (how many kernels to list), got {top!r}")
+    if against is not None and not top:
+        raise BenchError("--against compares per-kernel times: add --kernels N")
+    if top and device != "local":
+        raise BenchError(f"--kernels times each kernel in this process; use --device local, not {device}")
+
+
+def kernel_times(artifacts: Sequence[Path], spec: BenchSpec, rounds: int = 5) -> list[list[KernelTime]]:
+    """Per-kernel times of each artifact in this process, slowest first.
+
+    With several artifacts (two builds of one model, say with and without a new tuning record) the
+    runs are interleaved: `rounds` rounds, each running every artifact `runs / rounds` times, in
+    alternating order, so that a machine whose speed drifts (a shared host's does, by up to 2x
+    between minutes) weighs on all of them alike.
+    """
+    from compiler.runtime import LocalModel
+
+    models = [LocalModel(artifact) for artifact in artifacts]
+    inputs = [random_inputs(model.manifest.inputs) for model in models]
+    for model, feed in zip(models, inputs):
+        for _ in range(spec.warmup):
+            model.run(feed)
+    rounds = max(1, min(rounds, spec.runs))
+    totals: list[dict[str, list]] = [{} for _ in models]
+    for round_index in range(rounds):
+        runs = spec.runs // rounds + (round_index < spec.runs % rounds)
+        order = range(len(models)) if round_index % 2 == 0 else reversed(range(len(models)))
+        for i in order:
+            for name, (calls, seconds) in models[i].kernel_seconds(inputs[i], runs).items():
+                key = VM_BUILTINS if name.startswith("vm.builtin.") else name
+                entry = totals[i].setdefault(key, [0, 0.0])
+                entry[0] += calls
+                entry[1] += seconds
+    return [
+        sorted((KernelTime(name, calls // spec.runs, seconds / spec.runs * 1e3) for name, (calls, seconds) in found.items()),
+               key=lambda k: -k.ms)
+        for found in totals
+    ]
+
+
 def bench_emulated(artifact: Path, spec: BenchSpec) -> LatencyStats:
     """Benchmark an aarch64 artifact with the C++ runner under qemu: proves it runs; not the device's speed."""
     from compiler.runtime import EmulatedModel

@@ -425,18 +425,26 @@ def bench_command(
     runs: Annotated[int, typer.Option("--runs", help="Timed runs, one latency sample each.")] = 100,
     timeout: TimeoutOption = 60.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: artifact, device and latency stats.")] = False,
+    kernels: Annotated[int, typer.Option("--kernels", help="Also time each kernel (local device) and list the N slowest.")] = 0,
+    against: Annotated[Optional[Path], typer.Option("--against", help="With --kernels: a second build of the model, run interleaved; its kernel times go beside.")] = None,
 ) -> None:
     """Time an artifact's single runs (min, mean, p50, p90, p99, max, std in ms) here or on a remote device."""
     from compiler.artifact import read_manifest
-    from compiler.bench import BenchSpec, bench
+    from compiler.bench import BenchSpec, bench, check_kernel_options, kernel_times
 
     with user_errors():
         spec = BenchSpec(warmup=warmup, runs=runs)
+        check_kernel_options(kernels, against, device.value)
         remote = _remote_spec(device, rpc_tracker, rpc_key, rpc, timeout)
         manifest = read_manifest(artifact)
         where = remote.describe() if remote else device.value
         with console.status(f"benchmarking {artifact.name} on {where}"):
             stats = bench(artifact, spec, device.value, remote)
+        per_kernel = []
+        if kernels:
+            with console.status("timing each kernel" + (f" beside {against.name}" if against else "")):
+                per_kernel = kernel_times([artifact, *([against] if against else [])], spec)
+    rows = _kernel_rows(per_kernel, kernels)
     target = manifest.target
     if as_json:
         info = {
@@ -444,6 +452,7 @@ def bench_command(
             "device": {"kind": device.value, **(remote.to_json() if remote else {})},
             "unit": "ms",
             "stats": stats.to_json(),
+            **({"kernels": rows} if kernels else {}),
         }
         typer.echo(json.dumps(info, indent=2))
         return
@@ -451,6 +460,36 @@ def bench_command(
     columns = ("min", "mean", "p50", "p90", "p99", "max", "std")
     typer.echo("".join(f"{name:>11}" for name in columns))
     typer.echo("".join(f"{getattr(stats, name):>11.4g}" for name in columns))
+    if kernels:
+        _print_kernel_rows(rows, against)
+
+
+def _kernel_rows(per_kernel: list, top: int) -> list[dict]:
+    """The `top` slowest kernels of the first build, with the second build's time of each beside."""
+    if not per_kernel:
+        return []
+    other = {k.name: k for k in per_kernel[1]} if len(per_kernel) > 1 else None
+    rows = []
+    for kernel in per_kernel[0][:top]:
+        row = {"name": kernel.name, "calls": kernel.calls, "ms": kernel.ms}
+        if other is not None:
+            row["against_ms"] = other[kernel.name].ms if kernel.name in other else None
+        rows.append(row)
+    return rows
+
+
+def _print_kernel_rows(rows: list[dict], against: Path | None) -> None:
+    typer.echo("per kernel, ms per run (each call timed from Python: a few us more per call)")
+    if against is None:
+        typer.echo(f"{'ms':>9} {'calls':>5}  kernel")
+        for row in rows:
+            typer.echo(f"{row['ms']:>9.4f} {row['calls']:>5}  {row['name']}")
+        return
+    typer.echo(f"{'ms':>9} {'against':>9} {'ratio':>6} {'calls':>5}  kernel   (ratio: against / this; < 1: against is faster)")
+    for row in rows:
+        theirs = row["against_ms"]
+        cells = ("-", "-") if theirs is None else (f"{theirs:.4f}", f"{theirs / row['ms']:.2f}" if row["ms"] else "-")
+        typer.echo(f"{row['ms']:>9.4f} {cells[0]:>9} {cells[1]:>6} {row['calls']:>5}  {row['name']}")
 
 
 def _remote_spec(device: Device, tracker: str | None, key: str | None, address: str | None, timeout: float):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+
 import numpy as np
 import pytest
 
-from compiler.bench import BenchSpec, LatencyStats, bench, bench_local, random_inputs
+from compiler.artifact import read_manifest
+from compiler.bench import VM_BUILTINS, BenchSpec, LatencyStats, bench, bench_local, kernel_times, random_inputs
 from compiler.errors import ArtifactError, BenchError, RemoteError
 from compiler.frontends import TensorSpec
 from compiler.rpc import RemoteSpec, parse_host_port
+from tests.helpers import edgec, one_line_error
 
 
 def test_stats_are_numpy_percentiles_of_the_samples():
@@ -105,3 +110,45 @@ def test_bench_device_choices(compiled):
         bench(artifact, BenchSpec(), "rpc")
     with pytest.raises(BenchError, match="unknown device 'gpu'; choose from: local, rpc, qemu"):
         bench(artifact, BenchSpec(), "gpu")
+
+
+def test_kernel_times_count_every_kernel_call_once_per_run(compiled):
+    artifact = compiled("digits", "onnx", "host")
+    (times,) = kernel_times([artifact], BenchSpec(warmup=1, runs=7), rounds=3)
+    kernels = [k for k in times if k.name != VM_BUILTINS]
+    assert {k.name: k.calls for k in kernels} == _kernel_calls_in_main(artifact)
+    assert all(k.ms > 0 and k.calls >= 1 for k in times)
+    assert [k.ms for k in times] == sorted((k.ms for k in times), reverse=True)
+    assert any(k.name.startswith("fused_conv2d") for k in kernels)
+
+
+def _kernel_calls_in_main(artifact) -> dict[str, int]:
+    """Calls of compiled kernels in the VM program's `main`, read from its bytecode listing."""
+    import tvm
+    from tvm import relax
+
+    library = tvm.runtime.load_module(str(artifact / read_manifest(artifact).library))
+    listing = relax.VMExecutable(library).as_text()
+    main = listing[listing.index("@main:"):].split("\n\n")[0]
+    calls = Counter(line.split()[1] for line in main.splitlines() if line.strip().startswith("call "))
+    return {name: n for name, n in calls.items() if not name.startswith("vm.builtin.")}
+
+
+def test_kernel_times_of_two_builds_on_the_cli(compiled):
+    nchw, nhwc = compiled("digits", "onnx", "host"), compiled("digits", "onnx", "x86-64")
+    info = json.loads(edgec("bench", nchw, "--runs", 6, "--warmup", 1, "--kernels", 3, "--against", nhwc, "--json"))
+    rows = info["kernels"]
+    assert len(rows) == 3 and rows[0]["ms"] >= rows[1]["ms"] >= rows[2]["ms"] > 0
+    assert all("against_ms" in row for row in rows)
+    (own,) = kernel_times([nhwc], BenchSpec(warmup=1, runs=2))
+    for row in rows:  # the other build's time where it has a kernel of that name, else none
+        assert (row["against_ms"] is None) == (row["name"] not in {k.name for k in own})
+    text = edgec("bench", nchw, "--runs", 4, "--warmup", 0, "--kernels", 2)
+    assert "per kernel, ms per run" in text and len(text.strip().splitlines()) == 3 + 2 + 2
+
+
+def test_kernel_options_in_one_line(compiled):
+    artifact = compiled("digits", "onnx", "host")
+    assert "add --kernels N" in one_line_error("bench", artifact, "--against", artifact)
+    assert "use --device local, not qemu" in one_line_error("bench", artifact, "--kernels", 3, "--device", "qemu")
+    assert "--kernels must be an integer >= 0" in one_line_error("bench", artifact, "--kernels", -1)
