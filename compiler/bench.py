@@ -7,7 +7,9 @@ shapes and dtypes, seeded, so two benchmarks of one artifact feed identical inpu
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -160,6 +162,65 @@ def kernel_times(artifacts: Sequence[Path], spec: BenchSpec, rounds: int = 5) ->
                key=lambda k: -k.ms)
         for found in totals
     ]
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A per-round figure: its median over the rounds, and the lowest and highest round."""
+
+    median: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class PairedLatencies:
+    """Engines timed in the same rounds: each one's median seconds per run over all its runs, and
+    each one's time relative to the reference engine's, round by round (other / reference: > 1 means
+    the reference is faster)."""
+
+    reference: str
+    median_s: dict[str, float]
+    relative: dict[str, Spread]
+
+
+def paired_latencies(engines: Mapping[str, Callable[[], object]], reference: str, rounds: int, runs: int,
+                     warmup: int = 3, clock: Callable[[], float] = time.perf_counter) -> PairedLatencies:
+    """Time `engines` in `rounds` rounds of `runs` runs each, and compare them round by round.
+
+    A shared host's speed drifts (this project's CI machine by up to 2x between minutes), and
+    engines do not slow down alike, so a ratio of overall medians moves with the minutes each
+    engine happened to run in. Each round is short (every engine's runs back to back), its first
+    engine rotates from round to round (none always runs after the same neighbour), and the ratio
+    to `reference` is taken within each round: its median over the rounds, with the lowest and
+    highest round, is the comparison. Runs within a round stay consecutive, so each engine runs
+    with its own data in cache, as it would alone.
+    """
+    if reference not in engines:
+        raise ValueError(f"reference engine {reference!r} is not among {sorted(engines)}")
+    if rounds < 1 or runs < 1:
+        raise ValueError(f"need at least one round of one run, got rounds={rounds}, runs={runs}")
+    names = list(engines)
+    for name in names:
+        for _ in range(warmup):
+            engines[name]()  # caches, thread pools, lazy initialization
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        start = round_index % len(names)
+        for name in names[start:] + names[:start]:
+            times = []
+            for _ in range(runs):
+                began = clock()
+                engines[name]()
+                times.append(clock() - began)
+            samples[name].extend(times)
+            per_round[name].append(statistics.median(times))
+    relative = {}
+    for name in names:
+        ratios = [other / ref for other, ref in zip(per_round[name], per_round[reference])]
+        relative[name] = Spread(statistics.median(ratios), min(ratios), max(ratios))
+    return PairedLatencies(reference, {name: statistics.median(values) for name, values in samples.items()}, relative)
 
 
 def bench_emulated(artifact: Path, spec: BenchSpec) -> LatencyStats:

@@ -2,8 +2,10 @@
 
     python -m examples.benchmark [--rounds 7] [--runs 10] [--json out/benchmark.json] [--skip int8,prune,layout]
 
-Every latency is a median over `rounds` interleaved rounds of `runs` timed runs (after warm-up), all
-engines at 2 threads, batch 1, so that drift of the machine hits every engine alike. Sections:
+Every latency is a median over `rounds` rounds of `runs` timed runs (after warm-up) of every engine,
+all at 2 threads, batch 1. Ratios are taken round by round and given as their median over the rounds,
+with the lowest and highest round ("(rounds)" columns): this machine's speed drifts between minutes,
+and engines do not slow down alike (compiler.bench.paired_latencies). Sections:
 
 - fp32: ResNet-18 and MobileNetV2 (224x224) compiled for the x86-64 preset with the tuning records in
   tuning_logs/x86-64/, against onnxruntime (CPU EP, default optimizations) and PyTorch eager; plus the
@@ -39,6 +41,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from compiler.bench import PairedLatencies, Spread, paired_latencies
 from compiler.build import CompileOptions, compile_model
 from compiler.frontends import load_model
 from compiler.pipeline import PipelineConfig, run_to_tuning_point
@@ -57,19 +60,13 @@ class Engine:
     run: Callable[[], object]
 
 
-def median_latencies(engines: list[Engine], rounds: int, runs: int) -> dict[str, float]:
-    """Median seconds per run of each engine, over interleaved rounds."""
-    samples: dict[str, list[float]] = {e.name: [] for e in engines}
-    for engine in engines:
-        for _ in range(3):
-            engine.run()  # warm-up: caches, thread pools, lazy initialization
-    for _ in range(rounds):
-        for engine in engines:
-            for _ in range(runs):
-                started = time.perf_counter()
-                engine.run()
-                samples[engine.name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in samples.items()}
+def paired(engines: list[Engine], reference: str, rounds: int, runs: int) -> PairedLatencies:
+    """Every engine in the same rounds; ratios to `reference` taken round by round (compiler.bench)."""
+    return paired_latencies({e.name: e.run for e in engines}, reference, rounds, runs)
+
+
+def _ratio_cells(label: str, spread: Spread) -> dict[str, object]:
+    return {label: spread.median, f"{label} (rounds)": f"{spread.low:.2f}-{spread.high:.2f}"}
 
 
 def gemm_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
@@ -159,18 +156,19 @@ def fp32_section(work: Path, args) -> list[dict]:
                 direct = compile_onnx(onnx_path, work / f"{name}-direct", winograd=WinogradConfig(enabled=False))
             engines.append(edgec_engine(direct, x, "edgec direct conv"))
         with console.status(f"timing {name}"):
-            latency = median_latencies(engines, args.rounds, args.runs)
+            timed = paired(engines, "edgec", args.rounds, args.runs)
+        latency, relative = timed.median_s, timed.relative
         gflop = model_gflop(onnx_path)
         tuning = json.loads((artifact / "manifest.json").read_text())["tuning"]
         rows.append({
             "model": name, "gflop": gflop, "kernels_tuned": f"{tuning['tuned']} of {tuning['tasks']}" if tuning else "0",
             **{f"{k} ms": v * 1e3 for k, v in latency.items()},
-            "onnxruntime / edgec": latency["onnxruntime"] / latency["edgec"],
-            "PyTorch / edgec": latency["PyTorch eager"] / latency["edgec"],
+            **_ratio_cells("onnxruntime / edgec", relative["onnxruntime"]),
+            **_ratio_cells("PyTorch / edgec", relative["PyTorch eager"]),
             "winograd convs": winograd_layers,
-            "direct conv / winograd": latency["edgec direct conv"] / latency["edgec"] if winograd_layers else None,
+            "direct conv / winograd": relative["edgec direct conv"].median if winograd_layers else None,
             "layout": layout,
-            "other layout / edgec": latency[f"edgec {other}"] / latency["edgec"],
+            "other layout / edgec": relative[f"edgec {other}"].median,
             "edgec % of peak": 100 * gflop / latency["edgec"] / peak,
             "onnxruntime % of peak": 100 * gflop / latency["onnxruntime"] / peak,
         })
@@ -244,12 +242,13 @@ def int8_section(work: Path, args) -> list[dict]:
     engines = [edgec_engine(int8, x, "edgec int8"), edgec_engine(fp32, x, "edgec fp32"),
                onnxruntime_engine(ort_int8, x, "onnxruntime int8"), onnxruntime_engine(onnx_path, x, "onnxruntime fp32")]
     with console.status("timing int8"):
-        latency = median_latencies(engines, args.rounds, max(1, args.runs // 2))
+        timed = paired(engines, "edgec int8", args.rounds, max(1, args.runs // 2))
+    latency, relative = timed.median_s, timed.relative
     tuned = json.loads((int8 / "manifest.json").read_text())["tuning"]
     return [{"model": "resnet18", "int8 kernels tuned": f"{tuned['tuned']} of {tuned['tasks']}" if tuned else "0",
              **{f"{k} ms": v * 1e3 for k, v in latency.items()},
-             "edgec fp32 / edgec int8": latency["edgec fp32"] / latency["edgec int8"],
-             "onnxruntime int8 / edgec int8": latency["onnxruntime int8"] / latency["edgec int8"]}]
+             "edgec fp32 / edgec int8": relative["edgec fp32"].median,
+             **_ratio_cells("onnxruntime int8 / edgec int8", relative["onnxruntime int8"])}]
 
 
 def prune_section(work: Path, args) -> list[dict]:
@@ -265,11 +264,12 @@ def prune_section(work: Path, args) -> list[dict]:
     report = _phase_report(pruned, "prune")
     engines = [edgec_engine(dense, x, "unpruned"), edgec_engine(pruned, x, "pruned 50%")]
     with console.status("timing pruning"):
-        latency = median_latencies(engines, max(3, args.rounds // 2), 1)
+        timed = paired(engines, "pruned 50%", max(3, args.rounds // 2), 1)
+    latency = timed.median_s
     return [{"model": "resnet18", "GFLOP before": report["flops_before"] / 1e9,
              "GFLOP after": report["flops_after"] / 1e9,
              **{f"{k} ms": v * 1e3 for k, v in latency.items()},
-             "speed-up": latency["unpruned"] / latency["pruned 50%"]}]
+             "speed-up": timed.relative["unpruned"].median}]
 
 
 def layout_section(work: Path, args) -> list[dict]:
@@ -281,9 +281,9 @@ def layout_section(work: Path, args) -> list[dict]:
     artifacts = {layout: compile_onnx(onnx_path, work / f"digits-{layout}", tuning_log=None, layout=LayoutConfig(layout))
                  for layout in ("NCHW", "NHWC")}
     engines = [edgec_engine(path, x, layout) for layout, path in artifacts.items()]
-    latency = median_latencies(engines, args.rounds, args.runs * 10)
-    return [{"model": "digits", **{f"{k} ms": v * 1e3 for k, v in latency.items()},
-             "NCHW / NHWC": latency["NCHW"] / latency["NHWC"]}]
+    timed = paired(engines, "NHWC", args.rounds, args.runs * 10)
+    return [{"model": "digits", **{f"{k} ms": v * 1e3 for k, v in timed.median_s.items()},
+             "NCHW / NHWC": timed.relative["NCHW"].median}]
 
 
 def _cell(value) -> str:

@@ -7,7 +7,8 @@
    tuning_logs/x86-64/, and for an ARM preset (cross-linked aarch64 .so, no records shipped);
 3. runs the x86 builds in-process and the ARM builds with edgec's C++ runner under qemu-aarch64, and
    prints their agreement with onnxruntime and PyTorch, and the x86 builds' tuned latency next to
-   onnxruntime's (medians, 2 threads each).
+   onnxruntime's (medians, 2 threads each, the two timed in alternating rounds; the ratio is the
+   median of the rounds' ratios).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import os
 os.environ.setdefault("TVM_NUM_THREADS", "2")
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from compiler.artifact import read_manifest
+from compiler.bench import paired_latencies
 from compiler.build import CompileOptions, compile_model
 from compiler.frontends import load_model
 from compiler.runtime import open_model
@@ -37,6 +38,7 @@ from targets.elf import elf_machine
 
 console = Console(width=None if Console().is_terminal else 132)
 EMULATED_SAMPLES = 20  # each emulated run starts the runner under qemu: check a subset
+TIMING_ROUNDS = 5  # edgec and onnxruntime alternate in rounds; the ratio is taken per round
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
 
     table = Table(title="edgec quick start (fp32, batch 1)")
     for column in ("model", "target", "library", "kernels tuned", "max abs diff vs onnxruntime", "top-1 = PyTorch",
-                   "edgec p50 ms", "onnxruntime p50 ms"):
+                   "edgec p50 ms", "onnxruntime p50 ms", "onnxruntime / edgec"):
         table.add_column(column)
     for example in (_digits(args.out), _resnet18(args.out)):
         for target in (args.x86_target, args.arm_target):
@@ -110,7 +112,7 @@ def _compile_and_check(example: Example, target: str, out: Path) -> list[str]:
     tuned = f"{tuning['tuned']} of {tuning['tasks']}" if tuning else "no records"
     execution = preset.execution_here()
     if execution.mode == "compile-only":
-        return [example.name, preset.name, library, tuned, f"not run here ({execution.reason})", "-", "-", "-"]
+        return [example.name, preset.name, library, tuned, f"not run here ({execution.reason})", "-", "-", "-", "-"]
 
     emulated = execution.mode == "qemu"
     model = open_model(artifact, "qemu" if emulated else "local")
@@ -120,13 +122,16 @@ def _compile_and_check(example: Example, target: str, out: Path) -> list[str]:
         outputs = np.stack([model.run({"input": x})["output"] for x in inputs])
         ort_outputs = np.stack([reference(x) for x in inputs])
         if emulated:  # qemu timings say nothing about the device's speed
-            edgec_ms = ort_ms = "-"
+            edgec_ms = ort_ms = ratio = "-"
         else:
-            edgec_ms = f"{_median_ms(lambda: model.run({'input': inputs[0]}), example.repeats):.2f}"
-            ort_ms = f"{_median_ms(lambda: reference(inputs[0]), example.repeats):.2f}"
+            feed = {"input": inputs[0]}
+            timed = paired_latencies({"edgec": lambda: model.run(feed), "onnxruntime": lambda: reference(inputs[0])},
+                                     "edgec", rounds=TIMING_ROUNDS, runs=max(1, example.repeats // TIMING_ROUNDS))
+            edgec_ms, ort_ms = (f"{timed.median_s[name] * 1e3:.2f}" for name in ("edgec", "onnxruntime"))
+            ratio = f"{timed.relative['onnxruntime'].median:.2f}"
     agreement = (outputs.argmax(-1) == example.torch_outputs[: len(outputs)].argmax(-1)).mean()
     return [example.name, f"{preset.name} ({execution.mode})", library, tuned, f"{np.abs(outputs - ort_outputs).max():.2e}",
-            f"{agreement:.1%} ({len(outputs)})", edgec_ms, ort_ms]
+            f"{agreement:.1%} ({len(outputs)})", edgec_ms, ort_ms, ratio]
 
 
 def _onnxruntime(path: Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -136,16 +141,6 @@ def _onnxruntime(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     options.intra_op_num_threads = 2
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda x: session.run(None, {"input": x})[0]
-
-
-def _median_ms(run: Callable[[], object], repeats: int) -> float:
-    run()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples) * 1e3
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from compiler.artifact import read_manifest
-from compiler.bench import VM_BUILTINS, BenchSpec, LatencyStats, bench, bench_local, kernel_times, random_inputs
+from compiler.bench import (VM_BUILTINS, BenchSpec, LatencyStats, Spread, bench, bench_local, kernel_times, paired_latencies,
+                            random_inputs)
 from compiler.errors import ArtifactError, BenchError, RemoteError
 from compiler.frontends import TensorSpec
 from compiler.rpc import RemoteSpec, parse_host_port
@@ -29,6 +30,49 @@ def test_stats_are_numpy_percentiles_of_the_samples():
                                "p90": stats.p90, "p99": stats.p99, "max": 100.0, "std": stats.std}
     one = LatencyStats.from_samples([0.5], warmup=0)
     assert one.min == one.p50 == one.p99 == one.max == 0.5 and one.std == 0
+
+
+class _ScriptedEngines:
+    """Engines whose run k after warm-up takes `costs[name][k // runs]` on a fake clock: one cost per round."""
+
+    def __init__(self, costs: dict[str, list[float]], runs: int, warmup: int):
+        self.costs, self.runs, self.warmup = costs, runs, warmup
+        self.now, self.calls, self.order = 0.0, Counter(), []
+
+    def engine(self, name: str):
+        def run():
+            k = self.calls[name] - self.warmup
+            self.calls[name] += 1
+            if k >= 0:
+                self.order.append(name)
+                self.now += self.costs[name][k // self.runs]
+        return run
+
+    def clock(self) -> float:
+        return self.now
+
+
+def test_paired_latencies_take_ratios_round_by_round_in_rotating_order():
+    # The machine is 3x slower in round 1 for "ref" but not for "b": the ratio of overall medians
+    # (7 / 10) misses that b takes half ref's time in the median round.
+    costs = {"ref": [10.0, 30.0, 10.0], "b": [5.0, 9.0, 7.0], "c": [20.0, 60.0, 20.0]}
+    script = _ScriptedEngines(costs, runs=2, warmup=1)
+    timed = paired_latencies({name: script.engine(name) for name in costs}, "ref", rounds=3, runs=2, warmup=1,
+                             clock=script.clock)
+    assert timed.reference == "ref"
+    assert timed.median_s == {"ref": 10.0, "b": 7.0, "c": 20.0}
+    assert timed.relative["b"] == Spread(median=0.5, low=0.3, high=0.7)
+    assert timed.relative["c"] == Spread(2.0, 2.0, 2.0) and timed.relative["ref"] == Spread(1.0, 1.0, 1.0)
+    rounds = [script.order[i:i + 6:2] for i in range(0, 18, 6)]  # each engine's runs are back to back
+    assert rounds == [["ref", "b", "c"], ["b", "c", "ref"], ["c", "ref", "b"]]
+    assert script.order == [name for r in rounds for name in r for _ in range(2)]
+
+
+def test_paired_latencies_need_the_reference_among_the_engines():
+    with pytest.raises(ValueError, match="reference engine 'x' is not among"):
+        paired_latencies({"a": lambda: None}, "x", rounds=1, runs=1)
+    with pytest.raises(ValueError, match="at least one round of one run"):
+        paired_latencies({"a": lambda: None}, "a", rounds=0, runs=1)
 
 
 @pytest.mark.parametrize(

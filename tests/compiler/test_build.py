@@ -49,6 +49,25 @@ def test_pt2_model_on_host_matches_pytorch(name, example, compiled, record_prope
     record_property("max_abs_diff_vs_pytorch", diff)
 
 
+def test_run_results_stay_the_callers_after_later_runs(tmp_path):
+    # run() refills one tensor per input on every call, and this model's output is its input
+    # tensor itself: results must be copied out, or the next run would overwrite them.
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["same"])], "identity",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 2, 3])],
+        [helper.make_tensor_value_info("same", TensorProto.FLOAT, [1, 2, 3])])
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx_model.ir_version = 8
+    compile_model(import_onnx(onnx_model), CompileOptions(resolve_target("host")), tmp_path / "identity")
+    model = LocalModel(tmp_path / "identity")
+    image = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    first = model.run({"image": image})["same"]
+    second = model.run({"image": -image})["same"]
+    assert np.array_equal(first, image) and np.array_equal(second, -image)
+
+
 def test_digits_accuracy_is_unchanged_by_compilation(example, compiled):
     from examples.digits_cnn import load_digits_split
 
