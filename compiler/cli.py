@@ -321,6 +321,35 @@ def compact_records_command(
                f"{report.bytes_before / 1e6:.2f} -> {report.bytes_after / 1e6:.2f} MB")
 
 
+@app.command("remeasure-records")
+def remeasure_records_command(
+    target: Annotated[str, typer.Option("--target", "-t", help="Preset whose database to re-measure (its code must run here).")],
+    top: Annotated[int, typer.Option("--top", help="Records per kernel to time again: its fastest by their stored times.")] = 8,
+    rounds: Annotated[int, typer.Option("--rounds", help="Interleaved rounds: every record is timed once per round.")] = 5,
+    tuning_log: TuningLogOption = Path("tuning_logs"),
+) -> None:
+    """Time every kernel's best records again side by side, here, and keep only those, with their new times.
+
+    Stored times come from different minutes of tuning runs (and maybe other thread counts): timed
+    together, the fastest record is the one that is fastest now. Run it with nothing else running.
+    """
+    from rich.progress import Progress
+
+    from compiler.remeasure import RemeasureOptions, remeasure_records
+    from targets import resolve_target
+
+    with user_errors():
+        options = RemeasureOptions(resolve_target(target), top_k=top, rounds=rounds, tuning_log=tuning_log)
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("re-measuring kernels", total=None)
+            report = remeasure_records(options, lambda done, total: progress.update(task, completed=done, total=total))
+    stored = sum(k.stored_s for k in report.kernels)
+    best = sum(k.best_s for k in report.kernels)
+    typer.echo(f"{report.directory}: re-measured {report.records_after} records of {len(report.kernels)} kernels in "
+               f"{report.wall_s:.0f} s ({report.records_before} records before); {report.changed} kernels have "
+               f"another fastest record now; sum of their best times: {_ms(stored)} ms stored, {_ms(best)} ms now")
+
+
 def _print_tune_summary(report) -> None:
     tuned = len(report.tasks) - report.skipped
     if tuned == 0:
@@ -570,6 +599,9 @@ def targets_command(
 
 
 def main() -> None:
+    from compiler.runtime.threads import configure_threads
+
+    configure_threads()  # before any kernel runs: TVM's thread pool reads it once
     app()
 
 

@@ -39,6 +39,7 @@ from compiler.errors import TuningError
 from compiler.frontends import ImportedModel
 from compiler.pipeline import PipelineConfig, run_to_tuning_point
 from compiler.rpc import RemoteSpec
+from compiler.runtime.threads import configure_threads
 from targets import Preset
 
 log = logging.getLogger("edgec.tuning")
@@ -314,7 +315,7 @@ class _Session:
         builder = runner = None
         with _task_logs(self.log_file) as task_logger, _stop_on_interrupt() as interrupted:
             try:
-                builder = _PersistentBuilder(options.build_workers, options.build_timeout_s, options.preset.cross_compiler)
+                builder = PersistentBuilder(options.build_workers, options.build_timeout_s, options.preset.cross_compiler)
                 runner = _runner(options)
                 for attempt in range(SEARCH_ATTEMPTS * len(tasks)):
                     open_ids = [i for i in range(len(tasks)) if issued[i] < batches[i] and failures[i] < SEARCH_ATTEMPTS]
@@ -348,20 +349,21 @@ class _Session:
         options = self.options
         plan = [b * options.trials_per_iter for b in scheduler.batches]
         seed = None if options.seed is None else options.seed + attempt
-        ms.tune_tasks(
-            tasks=_contexts(tasks, self.target, options, task_logger, seed),
-            task_weights=[float(t.weight) for t in tasks],
-            work_dir=str(self.log_file.parent),  # unused: database, builder and runner are given
-            max_trials_global=sum(plan),
-            max_trials_per_task=max(plan),
-            num_trials_per_iter=options.trials_per_iter,
-            builder=builder,
-            runner=runner,
-            database=self.database,
-            cost_model="xgb",
-            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), _Progress(progress, self.notify)],
-            task_scheduler=scheduler,
-        )
+        with self.target:  # edgec's schedule rules read the target from its scope (passes/winograd.py)
+            ms.tune_tasks(
+                tasks=_contexts(tasks, self.target, options, task_logger, seed),
+                task_weights=[float(t.weight) for t in tasks],
+                work_dir=str(self.log_file.parent),  # unused: database, builder and runner are given
+                max_trials_global=sum(plan),
+                max_trials_per_task=max(plan),
+                num_trials_per_iter=options.trials_per_iter,
+                builder=builder,
+                runner=runner,
+                database=self.database,
+                cost_model="xgb",
+                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), _Progress(progress, self.notify)],
+                task_scheduler=scheduler,
+            )
 
 
 @contextlib.contextmanager
@@ -412,6 +414,7 @@ def _runner(options: TuneOptions) -> ms.runner.Runner:
     evaluator = ms.runner.EvaluatorConfig(**EVALUATOR)
     remote = options.remote
     if remote is None:
+        configure_threads()  # the measuring worker inherits it: candidates run on every core, as models do
         return ms.runner.LocalRunner(timeout_sec=options.run_timeout_s, evaluator_config=evaluator,
                                      initializer=_ignore_interrupts)
     host, port = remote.tracker
@@ -505,7 +508,7 @@ class _Progress(PyMeasureCallback):
 
 
 @derived_object
-class _PersistentBuilder(PyBuilder):
+class PersistentBuilder(PyBuilder):
     """Builds candidates in one pool of worker processes kept for the whole run.
 
     Each candidate becomes a shared library linked by the preset's compiler (its cross compiler

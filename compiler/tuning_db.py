@@ -243,29 +243,60 @@ def compact(directory: Path, target: tvm.target.Target) -> CompactReport:
     loses its records), so only the records file is replaced: atomically, under the database lock.
     """
     directory = Path(directory)
+    size = lambda: sum((directory / name).stat().st_size for name in (WORKLOADS, RECORDS)  # noqa: E731
+                       if (directory / name).is_file())
+    with locked_records(directory, target) as repaired:
+        before = size()
+        best = {index: records[:1] for index, records in measured_records(repaired).items()}
+        write_records(directory, best)
+        return CompactReport(directory, len(best), len(repaired.records), len(best), before, size())
+
+
+@contextlib.contextmanager
+def locked_records(directory: Path, target: tvm.target.Target) -> Iterator[Repaired]:
+    """The database's readable lines, repaired on disk if need be, while it is locked (no tuning run
+    writes to it meanwhile): for rewriting its records with `write_records`."""
+    directory = Path(directory)
     reason = foreign_reason(directory, target)
     if reason is not None:
         raise TuningError(f"the tuning database {directory} is not for this target: {reason}")
     with _locked(directory):
-        size = lambda: sum((directory / name).stat().st_size for name in (WORKLOADS, RECORDS)  # noqa: E731
-                           if (directory / name).is_file())
-        before = size()
         repaired = read_repaired(directory)
         if repaired.dropped:
             _warn_dropped(repaired, directory)
             repaired.write(directory)
-        best: dict[int, tuple[float, list]] = {}
-        for line in repaired.records:
-            row = _record(line)
-            run_secs = row[1][1]
-            if not run_secs or any(v >= 1e9 for v in run_secs):  # MetaSchedule's mark of a failed run
-                continue
-            mean = sum(run_secs) / len(run_secs)
-            if row[0] not in best or mean < best[row[0]][0]:
-                best[row[0]] = (mean, row[1])
-        records = [json.dumps([index, best[index][1]], separators=(",", ":")) for index in sorted(best)]
-        _write_atomic(directory / RECORDS, "".join(line + "\n" for line in records))
-        return CompactReport(directory, len(best), len(repaired.records), len(records), before, size())
+        yield repaired
+
+
+@dataclass(frozen=True)
+class MeasuredRecord:
+    mean_s: float
+    body: list  # [trace, run_secs, target, args_info], as in the records file
+
+    def with_run_secs(self, run_secs: list[float]) -> MeasuredRecord:
+        return MeasuredRecord(sum(run_secs) / len(run_secs), [self.body[0], run_secs, *self.body[2:]])
+
+
+def measured_records(repaired: Repaired) -> dict[int, list[MeasuredRecord]]:
+    """Every workload's successfully measured records, fastest first, by workload line index."""
+    by_workload: dict[int, list[MeasuredRecord]] = {}
+    for line in repaired.records:
+        index, body = _record(line)
+        run_secs = body[1]
+        if not run_secs or any(v >= 1e9 for v in run_secs):  # MetaSchedule's mark of a failed run
+            continue
+        by_workload.setdefault(index, []).append(MeasuredRecord(sum(run_secs) / len(run_secs), body))
+    for records in by_workload.values():
+        records.sort(key=lambda record: record.mean_s)
+    return by_workload
+
+
+def write_records(directory: Path, by_workload: dict[int, list[MeasuredRecord]]) -> None:
+    """Replace the records file with these records (the workload lines stay as they are); call it
+    inside `locked_records`."""
+    lines = [json.dumps([index, record.body], separators=(",", ":"))
+             for index in sorted(by_workload) for record in by_workload[index]]
+    _write_atomic(Path(directory) / RECORDS, "".join(line + "\n" for line in lines))
 
 
 def is_tuned(database: ms.database.Database, task: ms.ExtractedTask, target: tvm.target.Target) -> bool:

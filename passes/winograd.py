@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import tvm
 from tvm import relax, te, topi
+from tvm.target import codegen
 from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points, winograd_transform_matrices
 
 from compiler.errors import EdgecError
@@ -320,13 +321,23 @@ def _explicit_transform(left: np.ndarray, right: np.ndarray, row: Any, col: Any,
     return expr
 
 
-_VECTOR_LANES = 8  # float32 lanes of AVX2; LLVM splits them for NEON and joins pairs for AVX-512
+_VECTOR_LANES = 8  # float32 lanes of AVX2; LLVM splits them for NEON
+_AVX512_LANES = 16
 _TILES_PER_STEP = 2  # tiles per innermost step: enough reuse, little register pressure
+
+
+def _vector_lanes() -> int:
+    """float32 lanes of the target being tuned (MetaSchedule's rules get no target: edgec's tuning
+    runs them inside the target's scope): 16 with AVX-512, else 8."""
+    target = tvm.target.Target.current(allow_none=True)
+    if target is not None and target.kind.name == "llvm" and "avx512f" in codegen.llvm_get_cpu_features(target):
+        return _AVX512_LANES
+    return _VECTOR_LANES
 
 
 def _split_lanes(sch: Any, channel: Any) -> tuple[Any, Any]:
     extent = int(sch.get(channel).extent)
-    lanes = next(v for v in (_VECTOR_LANES, 4, 2, 1) if extent % v == 0)
+    lanes = next(v for v in (_vector_lanes(), _VECTOR_LANES, 4, 2, 1) if extent % v == 0)
     return sch.split(channel, [None, lanes])
 
 

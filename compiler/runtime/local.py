@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from compiler.runtime.common import check_inputs, open_verified
+from compiler.runtime.threads import configure_threads
 
 
 class LocalModel:
@@ -17,6 +18,7 @@ class LocalModel:
         import tvm
         from tvm import relax
 
+        configure_threads()
         self.artifact = Path(artifact)
         self.manifest, _ = open_verified(self.artifact, "native", "--device qemu for emulated aarch64 artifacts")
         self._device = tvm.cpu()

@@ -165,6 +165,38 @@ def test_compact_keeps_the_best_record_per_kernel_and_compiles_the_same(tuned, o
     assert {"apply-tuning", "prepack-weights"} <= {p["phase"] for p in manifest.passes}
 
 
+def test_remeasure_times_each_kernels_best_records_again_and_keeps_only_those(tuned, model, host, tmp_path):
+    """A record whose stored time is a lucky minute's (here: impossibly fast) gets its real time back."""
+    root, _ = tuned
+    directory = copy_database(root, tmp_path)
+    before = tuning_db.measured_records(tuning_db.read_repaired(directory))
+    index = next(i for i, records in before.items() if len(records) >= 2)
+    slowest = before[index][-1]
+    records = [json.loads(line) for line in lines(directory / tuning_db.RECORDS)]
+    for row in records:
+        if row[0] == index and row[1][0] == slowest.body[0]:
+            row[1][1] = [1e-9]
+    (directory / tuning_db.RECORDS).write_text("".join(json.dumps(row) + "\n" for row in records))
+
+    out = edgec("remeasure-records", "--target", "host", "--top", 2, "--rounds", 3, "--tuning-log", tmp_path / "logs")
+    assert f"of {KERNELS} kernels" in out
+    after = tuning_db.measured_records(tuning_db.read_repaired(directory))
+    assert sorted(after) == sorted(before)
+    for i, kept in after.items():
+        assert len(kept) == min(2, len(before[i])) and all(len(r.body[1]) == 3 for r in kept)  # a time per round
+    lucky = next(r for r in after[index] if r.body[0] == slowest.body[0])  # it ranked first by its stored time
+    assert lucky.mean_s > 1e-7  # a real kernel's time, not the lucky one
+    assert all([r.mean_s for r in kept] == sorted(r.mean_s for r in kept) for kept in after.values())
+    manifest = compile_with(model, host, tmp_path / "logs", tmp_path / "out")
+    assert manifest.tuning["tuned"] == KERNELS
+
+
+def test_remeasure_needs_code_that_runs_here_and_a_database(tmp_path):
+    assert "cortex-a72 code cannot run here" in one_line_error("remeasure-records", "--target", "cortex-a72")
+    message = one_line_error("remeasure-records", "--target", "host", "--tuning-log", tmp_path)
+    assert message == f"error: no tuning database at {tmp_path / 'host'}; tune first with: edgec tune MODEL --target host"
+
+
 def test_rerun_skips_every_tuned_task_without_new_trials(tuned, model, host):
     root, first = tuned
     before = (root / "host" / tuning_db.RECORDS).read_bytes()

@@ -178,3 +178,19 @@ def test_nhwc_schedule_rules_give_vectorized_transforms_that_compute_the_same(re
     for space in spaces:
         assert space.mod.script().count("T.vectorized") >= 3  # input gather, data_pack and inverse at least
         np.testing.assert_allclose(run(space.mod), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("mcpu", "lanes"), [("haswell", 8), ("cascadelake", 16)])
+def test_nhwc_transform_rules_vectorize_at_the_width_of_the_target_in_scope(residual_nhwc, mcpu, lanes):
+    """AVX-512 targets get 16-lane transforms, AVX2 ones 8 (edgec's tuning runs the rules in the target's scope)."""
+    from passes.winograd import _data_pack_rule, _inverse_rule
+
+    nhwc, _, _ = residual_nhwc
+    fused, names = _fused_winograd_kernels(winograd_conv2d(WinogradConfig(tile=2, min_macs=0, min_tiles=1))(nhwc))
+    sch = tvm.s_tir.Schedule(fused[names[0]])
+    with tvm.target.Target({"kind": "llvm", "mcpu": mcpu}):
+        _data_pack_rule(sch, sch.get_sblock("data_pack"))
+        _inverse_rule(sch, sch.get_sblock("inverse"))
+    for block in ("data_pad", "data_pack", "inverse"):
+        innermost = sch.get(sch.get_loops(sch.get_sblock(block))[-1])
+        assert (innermost.kind, int(innermost.extent)) == (tvm.tirx.ForKind.VECTORIZED, lanes), block
