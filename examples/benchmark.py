@@ -1,21 +1,22 @@
 """The figures of the README: edgec against onnxruntime and PyTorch, measured in one process.
 
-    python -m examples.benchmark [--rounds 7] [--runs 10] [--json out/benchmark.json] [--skip int8,prune,layout]
+    python -m examples.benchmark [--target x86-avx512] [--rounds 7] [--runs 10] [--json out/benchmark.json]
+                                 [--skip int8,prune,layout]
 
 Every latency is a median over `rounds` rounds of `runs` timed runs (after warm-up) of every engine,
 all at 2 threads, batch 1. Ratios are taken round by round and given as their median over the rounds,
 with the lowest and highest round ("(rounds)" columns): this machine's speed drifts between minutes,
 and engines do not slow down alike (compiler.bench.paired_latencies). Sections:
 
-- fp32: ResNet-18 and MobileNetV2 (224x224) compiled for the x86-64 preset with the tuning records in
-  tuning_logs/x86-64/, against onnxruntime (CPU EP, default optimizations) and PyTorch eager; plus the
-  fraction of this machine's fp32 peak (a 2048^3 GEMM in PyTorch) each model reaches; and, in the
+- fp32: ResNet-18 and MobileNetV2 (224x224) compiled for the x86 preset (by default the most capable
+  one this CPU runs: x86-avx512, else x86-64) with the tuning records in tuning_logs/<preset>/,
+  against onnxruntime (CPU EP, default optimizations) and PyTorch eager; plus the fraction of this machine's fp32 peak (a 2048^3 GEMM in PyTorch) each model reaches; and, in the
   same rounds, the model in the layout the preset did not choose (NCHW with Winograd where it
   applies), and with direct convolutions only (where Winograd rewrote some);
 - tuning cost: from the tuning histories shipped beside the records, the trials and minutes it took
   the estimated latency to get within 10% of its final value;
-- int8: ResNet-18 int8 (edgec PTQ) against edgec fp32 (both NCHW, the layout of the shipped int8
-  records) and onnxruntime's static int8 QDQ model;
+- int8: ResNet-18 int8 (edgec PTQ) against edgec fp32 and onnxruntime's static int8 QDQ model, in
+  the preset's layout, where the preset's records cover the int8 kernels (else it says so);
 - prune: ResNet-18 with 50% of its channels pruned against the unpruned model, both compiled alike
   (no tuning records exist for the pruned shapes, so both use default schedules);
 - layout: the digits CNN in NCHW and NHWC (default schedules), the layout pass's latency effect.
@@ -46,12 +47,11 @@ from compiler.build import CompileOptions, compile_model
 from compiler.frontends import load_model
 from compiler.pipeline import PipelineConfig, run_to_tuning_point
 from compiler.runtime import LocalModel
-from targets import resolve_target
+from targets import X86_BY_CAPABILITY, Preset, first_native, resolve_target
 from passes import LayoutConfig, WinogradConfig
 
 console = Console()
 THREADS = 2
-PRESET = "x86-64"
 
 
 @dataclass(frozen=True)
@@ -83,12 +83,11 @@ def gemm_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
     return 2 * size ** 3 / statistics.median(times) / 1e9
 
 
-def model_gflop(onnx_path: Path) -> float:
+def model_gflop(onnx_path: Path, preset: Preset) -> float:
     """FLOPs of one inference, summed over the kernels MetaSchedule would tune (calls x kernel FLOPs)."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.analysis import estimate_tir_flops
 
-    preset = resolve_target(PRESET)
     target = preset.tvm_target()
     # the direct convolutions' FLOPs (Winograd computes fewer; the peak fraction counts the model's own)
     config = PipelineConfig(tuning_log=None, winograd=WinogradConfig(enabled=False)).for_preset(preset)
@@ -126,9 +125,9 @@ def edgec_engine(artifact: Path, x: np.ndarray, name: str = "edgec") -> Engine:
     return Engine(name, lambda: model.run(feed))
 
 
-def compile_onnx(path: Path, out: Path, **pipeline) -> Path:
+def compile_onnx(path: Path, out: Path, preset: Preset, **pipeline) -> Path:
     config = PipelineConfig(**pipeline)
-    compile_model(load_model(path), CompileOptions(resolve_target(PRESET), config), out)
+    compile_model(load_model(path), CompileOptions(preset, config), out)
     return out
 
 
@@ -142,23 +141,23 @@ def fp32_section(work: Path, args) -> list[dict]:
         model, x_tensor = example_model(name)
         x = x_tensor.numpy()
         onnx_path = export_onnx(model, x_tensor, work / f"{name}.onnx")
-        with console.status(f"compiling {name} for {PRESET} with tuning_logs/"):
-            artifact = compile_onnx(onnx_path, work / f"{name}-fp32")
+        with console.status(f"compiling {name} for {args.preset.name} with tuning_logs/"):
+            artifact = compile_onnx(onnx_path, work / f"{name}-fp32", args.preset)
         layout = _phase(artifact, "layout")["settings"]["layout"]
         other = {"NCHW": "NHWC", "NHWC": "NCHW"}[layout]  # the layout the preset did not choose, same Winograd choice
         with console.status(f"compiling {name} with --layout {other}"):
-            relaid = compile_onnx(onnx_path, work / f"{name}-{other}", layout=LayoutConfig(other))
+            relaid = compile_onnx(onnx_path, work / f"{name}-{other}", args.preset, layout=LayoutConfig(other))
         engines = [edgec_engine(artifact, x), edgec_engine(relaid, x, f"edgec {other}"),
                    onnxruntime_engine(onnx_path, x), torch_engine(model, x)]
         winograd_layers = _phase_report(artifact, "winograd").get("winograd_layers", 0)
         if winograd_layers:  # the same build with direct convolutions only: what Winograd brought
             with console.status(f"compiling {name} with --no-winograd"):
-                direct = compile_onnx(onnx_path, work / f"{name}-direct", winograd=WinogradConfig(enabled=False))
+                direct = compile_onnx(onnx_path, work / f"{name}-direct", args.preset, winograd=WinogradConfig(enabled=False))
             engines.append(edgec_engine(direct, x, "edgec direct conv"))
         with console.status(f"timing {name}"):
             timed = paired(engines, "edgec", args.rounds, args.runs)
         latency, relative = timed.median_s, timed.relative
-        gflop = model_gflop(onnx_path)
+        gflop = model_gflop(onnx_path, args.preset)
         tuning = json.loads((artifact / "manifest.json").read_text())["tuning"]
         rows.append({
             "model": name, "gflop": gflop, "kernels_tuned": f"{tuning['tuned']} of {tuning['tasks']}" if tuning else "0",
@@ -235,17 +234,21 @@ def int8_section(work: Path, args) -> list[dict]:
         quantize_static(str(onnx_path), str(ort_int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     with console.status("compiling ResNet-18 fp32 and int8"):
-        nchw = LayoutConfig("NCHW")  # the layout of the shipped int8 records (int8 without VNNI: see README)
-        fp32 = compile_onnx(onnx_path, work / "resnet18-fp32-for-int8", layout=nchw)
+        fp32 = compile_onnx(onnx_path, work / "resnet18-fp32-for-int8", args.preset)
         config = QuantizeConfig(tuple({"input": c} for c in calibration), "percentile")
-        int8 = compile_onnx(onnx_path, work / "resnet18-int8", quantize=config, layout=nchw)
+        int8 = compile_onnx(onnx_path, work / "resnet18-int8", args.preset, quantize=config)
+    tuned = json.loads((int8 / "manifest.json").read_text())["tuning"]
+    if not tuned or tuned["tuned"] < tuned["tasks"]:  # default schedules take seconds per run: not worth timing
+        count = f"{tuned['tuned']} of {tuned['tasks']}" if tuned else "0"
+        console.print(f"int8: {count} int8 kernels of ResNet-18 have {args.preset.name} records; not timed (tune them "
+                      f"with: edgec tune MODEL -t {args.preset.name} --quantize int8 --calibration-data FILE)")
+        return [{"model": "resnet18", "int8 kernels tuned": count}]
     engines = [edgec_engine(int8, x, "edgec int8"), edgec_engine(fp32, x, "edgec fp32"),
                onnxruntime_engine(ort_int8, x, "onnxruntime int8"), onnxruntime_engine(onnx_path, x, "onnxruntime fp32")]
     with console.status("timing int8"):
         timed = paired(engines, "edgec int8", args.rounds, max(1, args.runs // 2))
     latency, relative = timed.median_s, timed.relative
-    tuned = json.loads((int8 / "manifest.json").read_text())["tuning"]
-    return [{"model": "resnet18", "int8 kernels tuned": f"{tuned['tuned']} of {tuned['tasks']}" if tuned else "0",
+    return [{"model": "resnet18", "int8 kernels tuned": f"{tuned['tuned']} of {tuned['tasks']}",
              **{f"{k} ms": v * 1e3 for k, v in latency.items()},
              "edgec fp32 / edgec int8": relative["edgec fp32"].median,
              **_ratio_cells("onnxruntime int8 / edgec int8", relative["onnxruntime int8"])}]
@@ -259,8 +262,8 @@ def prune_section(work: Path, args) -> list[dict]:
     x = x_tensor.numpy()
     onnx_path = export_onnx(model, x_tensor, work / "resnet18-prune-source.onnx")
     with console.status("compiling ResNet-18 unpruned and 50% pruned (default schedules)"):
-        dense = compile_onnx(onnx_path, work / "resnet18-dense", tuning_log=None)
-        pruned = compile_onnx(onnx_path, work / "resnet18-pruned", tuning_log=None, prune=PruneConfig(0.5))
+        dense = compile_onnx(onnx_path, work / "resnet18-dense", args.preset, tuning_log=None)
+        pruned = compile_onnx(onnx_path, work / "resnet18-pruned", args.preset, tuning_log=None, prune=PruneConfig(0.5))
     report = _phase_report(pruned, "prune")
     engines = [edgec_engine(dense, x, "unpruned"), edgec_engine(pruned, x, "pruned 50%")]
     with console.status("timing pruning"):
@@ -278,7 +281,7 @@ def layout_section(work: Path, args) -> list[dict]:
     model, x_tensor = example_model("digits")
     x = x_tensor.numpy()
     onnx_path = export_onnx(model, x_tensor, work / "digits-layout.onnx")
-    artifacts = {layout: compile_onnx(onnx_path, work / f"digits-{layout}", tuning_log=None, layout=LayoutConfig(layout))
+    artifacts = {layout: compile_onnx(onnx_path, work / f"digits-{layout}", args.preset, tuning_log=None, layout=LayoutConfig(layout))
                  for layout in ("NCHW", "NHWC")}
     engines = [edgec_engine(path, x, layout) for layout, path in artifacts.items()]
     timed = paired(engines, "NHWC", args.rounds, args.runs * 10)
@@ -311,10 +314,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--skip", default="", type=lambda s: set(filter(None, s.split(","))),
                         help="sections to leave out: fp32, tuning, int8, prune, layout")
+    parser.add_argument("--target", help=f"x86 preset to compile for (default: the first of "
+                                          f"{', '.join(X86_BY_CAPABILITY)} that runs natively here)")
     parser.add_argument("--histories", type=Path, nargs="*",
-                        default=sorted(Path("tuning_logs", PRESET).glob("history-*.jsonl")))
+                        help="tuning histories for the tuning-cost section (default: tuning_logs/<preset>/history-*.jsonl)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
+    args.preset = resolve_target(args.target) if args.target else first_native(X86_BY_CAPABILITY)
+    if args.histories is None:
+        args.histories = sorted(Path("tuning_logs", args.preset.name).glob("history-*.jsonl"))
+    console.print(f"target preset: {args.preset.name} ({args.preset.execution_here().reason})")
     torch.set_num_threads(THREADS)
     results = {}
     with tempfile.TemporaryDirectory(prefix="edgec-bench-") as tmp:

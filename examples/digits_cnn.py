@@ -6,6 +6,8 @@ trained network rather than random weights.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -70,8 +72,12 @@ def train(
     return model.eval()
 
 
-def _fit(model: nn.Module, xs: Tensor, ys: Tensor, epochs: int, batch_size: int, lr: float) -> None:
-    """Minibatch Adam with a one-cycle schedule over shuffled batches drawn from torch's global RNG."""
+def _fit(model: nn.Module, xs: Tensor, ys: Tensor, epochs: int, batch_size: int, lr: float,
+         loss: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> None:
+    """Minibatch Adam with a one-cycle schedule over shuffled batches drawn from torch's global RNG.
+
+    `loss(logits, images, labels)` replaces the cross-entropy (e.g. distillation from a teacher)."""
+    loss = loss or (lambda logits, _images, labels: nn.functional.cross_entropy(logits, labels))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * -(-len(xs) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -79,7 +85,7 @@ def _fit(model: nn.Module, xs: Tensor, ys: Tensor, epochs: int, batch_size: int,
     for _ in range(epochs):
         for idx in torch.randperm(len(xs)).split(batch_size):
             opt.zero_grad()
-            nn.functional.cross_entropy(model(xs[idx]), ys[idx]).backward()
+            loss(model(xs[idx]), xs[idx], ys[idx]).backward()
             opt.step()
             sched.step()
 

@@ -1,10 +1,11 @@
-"""The quick-start job: compile bundled models for x86-64 and a Raspberry Pi 4, run, compare, time.
+"""The quick-start job: compile bundled models for this x86 CPU and a Raspberry Pi 4, run, compare, time.
 
-    python -m examples.quickstart [--out out/quickstart] [--x86-target x86-64] [--arm-target cortex-a72]
+    python -m examples.quickstart [--out out/quickstart] [--x86-target x86-avx512] [--arm-target cortex-a72]
 
 1. trains the digits CNN on scikit-learn's digits and builds ResNet-18, exports both to ONNX;
-2. compiles each with edgec for the x86-64 preset, with the tuning records shipped in
-   tuning_logs/x86-64/, and for an ARM preset (cross-linked aarch64 .so, no records shipped);
+2. compiles each with edgec for the most capable x86 preset this CPU runs (x86-avx512 where it has
+   AVX-512 and VNNI, else x86-64), with the tuning records shipped in tuning_logs/<preset>/, and for
+   an ARM preset (cross-linked aarch64 .so, no records shipped);
 3. runs the x86 builds in-process and the ARM builds with edgec's C++ runner under qemu-aarch64, and
    prints their agreement with onnxruntime and PyTorch, and the x86 builds' tuned latency next to
    onnxruntime's (medians, 2 threads each, the two timed in alternating rounds; the ratio is the
@@ -33,7 +34,7 @@ from compiler.bench import paired_latencies
 from compiler.build import CompileOptions, compile_model
 from compiler.frontends import load_model
 from compiler.runtime import open_model
-from targets import resolve_target
+from targets import X86_BY_CAPABILITY, first_native, resolve_target
 from targets.elf import elf_machine
 
 console = Console(width=None if Console().is_terminal else 132)
@@ -53,9 +54,11 @@ class Example:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m examples.quickstart", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/quickstart"))
-    parser.add_argument("--x86-target", default="x86-64")
+    parser.add_argument("--x86-target", default=None,
+                        help=f"default: the first of {', '.join(X86_BY_CAPABILITY)} that runs natively here")
     parser.add_argument("--arm-target", default="cortex-a72")
     args = parser.parse_args(argv)
+    x86_target = args.x86_target or first_native(X86_BY_CAPABILITY).name
     args.out.mkdir(parents=True, exist_ok=True)
 
     table = Table(title="edgec quick start (fp32, batch 1)")
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
                    "edgec p50 ms", "onnxruntime p50 ms", "onnxruntime / edgec"):
         table.add_column(column)
     for example in (_digits(args.out), _resnet18(args.out)):
-        for target in (args.x86_target, args.arm_target):
+        for target in (x86_target, args.arm_target):
             table.add_row(*_compile_and_check(example, target, args.out))
     console.print(table)
 

@@ -295,8 +295,15 @@ def _scale(stat: dict, config: QuantizeConfig) -> tuple[float, str]:
 
 def entropy_threshold(magnitudes: np.ndarray, levels: int = 128, bins: int = 2048) -> float:
     """The clipping threshold that minimizes KL(P || Q), P the histogram of `magnitudes` clipped at the
-    threshold and Q its `levels`-level quantization (TensorRT's entropy calibration)."""
-    histogram, edges = np.histogram(magnitudes, bins=bins, range=(0.0, float(magnitudes.max()) or 1.0))
+    threshold and Q its `levels`-level quantization (TensorRT's entropy calibration).
+
+    Exact zeros are left out (as pytorch-quantization's skip_zeros): they quantize to zero without
+    error at any threshold, and after a ReLU they are half the values, a spike in the first bin that
+    makes the search clip the rest far too early (a digits CNN layer: 1.24 of 3.57, 10 dB SQNR)."""
+    magnitudes = magnitudes[magnitudes != 0]
+    if magnitudes.size == 0:
+        return 0.0
+    histogram, edges = np.histogram(magnitudes, bins=bins, range=(0.0, float(magnitudes.max())))
     histogram = histogram.astype(np.float64)
     best, best_kl = bins, np.inf
     candidates = sorted({*range(levels, bins + 1, max(1, (bins - levels) // 256)), bins})  # the full range too

@@ -58,8 +58,9 @@ PRESETS: tuple[Preset, ...] = (
            target=_cpu("x86_64-linux-gnu", "cascadelake"), host=None, device="cpu",
            required_cpu_features=("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512dq",
                                   "avx512vl", "avx512cd", "avx512_vnni"),
-           # MetaSchedule tensorizes int8 conv with VNNI's dot_16x4 only in NHWC (channels innermost)
-           layout="NHWC", **_X86_64),
+           # NHWC: tuned convs vectorize over channels, and MetaSchedule tensorizes int8 conv with
+           # VNNI's dot_16x4 only with channels innermost; 3x3 convs as Winograd, as on x86-64
+           layout="NHWC", winograd=True, **_X86_64),
     Preset("cortex-a53", "Raspberry Pi 3 and other Cortex-A53 boards (4x Cortex-A53, NEON)",
            target=_cpu("aarch64-linux-gnu", "cortex-a53", "+neon"), host=None, device="cpu",
            required_cpu_features=("asimd",), **_AARCH64, **_QEMU_AARCH64, **_ARM_CPU_LAYOUT),
@@ -91,6 +92,10 @@ PRESETS: tuple[Preset, ...] = (
            host={"kind": "llvm", "mtriple": "x86_64-linux-gnu"}, device="cuda",
            required_cpu_features=(), **_X86_64),
 )
+
+# The x86 presets from the most capable CPU to the least: the quick start and the benchmark take the
+# first that runs natively on the machine (registry.first_native), so an AVX-512 CPU gets its records.
+X86_BY_CAPABILITY = ("x86-avx512", "x86-64")
 
 # Generic presets for a bare triple given as --target; they also supply the toolchain of custom targets.
 TRIPLE_PRESETS: MappingProxyType[str, Preset] = MappingProxyType({p.name: p for p in (

@@ -10,7 +10,7 @@ import json
 import os
 import platform
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
@@ -67,7 +67,7 @@ class Preset:
     # int8 activations always signed (ARM sdot: int8 x int8) rather than uint8 when non-negative (x86 VNNI)
     signed_int8_activations: bool = False
     # float 3x3 stride-1 convs as Winograd F(4x4, 3x3) (passes/winograd.py); --winograd/--no-winograd
-    # override. On for x86-64, where tuned NHWC Winograd kernels beat direct ones (README figures)
+    # override. On for the x86 presets, where tuned NHWC Winograd kernels beat direct ones (README figures)
     winograd: bool = False
 
     def __post_init__(self) -> None:
@@ -235,6 +235,17 @@ def resolve_target(spec: str) -> Preset:
     names = ", ".join(sorted([p.name for p in tables.PRESETS] + ["host"]))
     raise TargetError(f"unknown target {spec!r}; choose from: {names} "
                       f"(or a triple: {', '.join(tables.TRIPLE_PRESETS)}; or a TVM target JSON dict)")
+
+
+def first_native(names: Sequence[str]) -> Preset:
+    """The first of the named presets whose code runs natively on this machine."""
+    presets = [resolve_target(name) for name in names]
+    for preset in presets:
+        if preset.execution_here().mode == "native":
+            return preset
+    reasons = "; ".join(f"{p.name}: {p.execution_here().reason}" for p in presets)
+    raise TargetError(f"none of the presets {', '.join(names)} runs natively on this machine ({reasons}); "
+                      "pass a target explicitly")
 
 
 def _custom_preset(spec: str) -> Preset:

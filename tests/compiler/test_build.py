@@ -15,7 +15,7 @@ from compiler.frontends import import_onnx, load_model
 from compiler.pipeline import PipelineConfig
 from compiler.runtime import LocalModel
 from passes import LayoutConfig, WinogradConfig
-from targets import resolve_target
+from targets import X86_BY_CAPABILITY, resolve_target
 from targets.elf import elf_machine
 
 # Untuned TVM kernels sum in a different order than onnxruntime/PyTorch: bound the error relative to
@@ -83,11 +83,15 @@ def test_digits_accuracy_is_unchanged_by_compilation(example, compiled):
     assert (predictions == y_test).mean() >= 0.95
 
 
+@pytest.mark.parametrize("preset", X86_BY_CAPABILITY)
 @pytest.mark.parametrize("name", ["digits", "resnet18", "mobilenetv2"])
-def test_x86_64_preset_runs_natively(example, compiled, name):
-    """x86-64 (NHWC, Winograd) with its shipped records, which cover every kernel."""
+def test_x86_presets_run_natively_with_their_shipped_records(example, compiled, name, preset):
+    """x86-64 and x86-avx512 (NHWC, Winograd) with their shipped records, which cover every kernel."""
+    execution = resolve_target(preset).execution_here()
+    if execution.mode != "native":
+        pytest.skip(f"{preset} does not run here: {execution.reason}")
     files = example(name)
-    artifact = compiled(name, "onnx", "x86-64")
+    artifact = compiled(name, "onnx", preset)
     manifest = json.loads((artifact / "manifest.json").read_text())
     phases = {p["phase"]: p for p in manifest["passes"]}
     assert phases["layout"]["settings"] == {"layout": "NHWC", "chosen_by": "preset"}

@@ -148,3 +148,24 @@ def test_tvm_onnx_frontend_imports_cases():
                 from_onnx(build())
         else:
             assert from_onnx(build())["main"].params[0].name.endswith("input")
+
+
+def test_tuning_cost_chains_runs_and_finds_the_first_point_within_ten_percent(tmp_path):
+    """examples.benchmark's tuning cost: a resumed run continues the first one's clock and trial count."""
+    import json
+
+    from examples.benchmark import tuning_cost_section
+
+    points = [  # run a: estimates until every kernel is measured, then falling; run b: a --refine
+        {"run": "a", "elapsed_s": 10, "trials": 16, "estimated_ms": 5.0, "kernels_measured": 1, "kernels": 2},
+        {"run": "a", "elapsed_s": 20, "trials": 32, "estimated_ms": 30.0, "kernels_measured": 2, "kernels": 2},
+        {"run": "a", "elapsed_s": 30, "trials": 48, "estimated_ms": 12.0, "kernels_measured": 2, "kernels": 2},
+        {"run": "b", "elapsed_s": 5, "trials": 0, "estimated_ms": 12.0, "kernels_measured": 2, "kernels": 2},
+        {"run": "b", "elapsed_s": 15, "trials": 16, "estimated_ms": 10.9, "kernels_measured": 2, "kernels": 2},
+        {"run": "b", "elapsed_s": 25, "trials": 32, "estimated_ms": 10.0, "kernels_measured": 2, "kernels": 2},
+    ]
+    history = tmp_path / "history-net.jsonl"
+    history.write_text("".join(json.dumps(p) + "\n" for p in points))
+    (row,) = tuning_cost_section([history])
+    assert row["final estimate ms"] == 10.0 and row["trials in all"] == 48 + 32
+    assert row["trials to within 10%"] == 48 + 16 and row["minutes to within 10%"] == pytest.approx((30 + 15) / 60)

@@ -98,6 +98,15 @@ def test_entropy_threshold_clips_rare_outliers():
     assert 2.0 < threshold < 10.0
 
 
+def test_entropy_threshold_ignores_the_zeros_of_a_relu():
+    """Half the values exactly zero (a ReLU's output) must not pull the threshold into the bulk."""
+    values = np.abs(np.random.default_rng(0).standard_normal(200_000))
+    with_zeros = np.concatenate([values, np.zeros(200_000)])
+    assert entropy_threshold(with_zeros) == entropy_threshold(values)
+    assert entropy_threshold(with_zeros) > np.percentile(values, 99)
+    assert entropy_threshold(np.zeros(10)) == 0.0
+
+
 def test_requantize_is_fused_into_the_integer_kernel(example):
     """After fusion, a conv that feeds another quantized conv writes int8: rescale, bias, ReLU and the
     next layer's quantize sit in its epilogue, so activations travel as int8 between layers."""

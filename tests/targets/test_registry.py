@@ -12,7 +12,7 @@ from tvm.support import cc
 from tvm.target import codegen
 
 from compiler.errors import ArtifactError, TargetError
-from targets import PRESETS, Preset, host_preset, list_presets, resolve_target
+from targets import PRESETS, X86_BY_CAPABILITY, Preset, first_native, host_preset, list_presets, resolve_target
 from targets.elf import elf_machine
 from targets.presets import TRIPLE_PRESETS
 from targets.registry import required_cpu_flags
@@ -199,6 +199,16 @@ def test_x86_presets_run_natively_only_with_their_cpu_features():
     else:
         assert avx512.mode == "native"
     assert resolve_target("x86_64-linux-gnu").execution_here().mode == "native"
+
+
+def test_first_native_takes_the_most_capable_x86_preset_this_cpu_runs():
+    expected = "x86-avx512" if resolve_target("x86-avx512").execution_here().mode == "native" else "x86-64"
+    assert first_native(X86_BY_CAPABILITY).name == expected
+    with pytest.raises(TargetError) as err:  # emulated or compile-only presets do not count
+        first_native(("cortex-a72", "armv7"))
+    message = str(err.value)
+    assert message.startswith("none of the presets cortex-a72, armv7 runs natively on this machine (cortex-a72: ")
+    assert "armv7: no TVM runtime is published" in message and "\n" not in message
 
 
 def test_host_preset_is_native_for_this_cpu():
