@@ -169,3 +169,16 @@ def test_tuning_cost_chains_runs_and_finds_the_first_point_within_ten_percent(tm
     (row,) = tuning_cost_section([history])
     assert row["final estimate ms"] == 10.0 and row["trials in all"] == 48 + 32
     assert row["trials to within 10%"] == 48 + 16 and row["minutes to within 10%"] == pytest.approx((30 + 15) / 60)
+
+
+def test_gemm_peak_engine_is_the_faster_of_pytorch_and_onnxruntime():
+    """examples.benchmark's fp32 peak: a GEMM of the requested size, from whichever library ran it faster."""
+    import numpy as np
+
+    from examples.benchmark import gemm_engine
+
+    engine = gemm_engine(size=64, repeats=3)
+    assert engine.name in ("GEMM (PyTorch)", "GEMM (onnxruntime)")
+    result = engine.run()
+    product = np.asarray(result[0] if isinstance(result, list) else result)
+    assert product.shape == (64, 64) and np.all(product > 0)  # operands drawn from [0, 1)
