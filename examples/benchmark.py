@@ -33,9 +33,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "2")
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,17 +94,8 @@ def gemm_engine(size: int = GEMM_SIZE, repeats: int = 5) -> Engine:
         options, providers=["CPUExecutionProvider"])
     engines = [Engine("GEMM (PyTorch)", lambda: torch.mm(a, b)),
                Engine("GEMM (onnxruntime)", lambda: session.run(None, feeds))]
-
-    def median_s(engine: Engine) -> float:
-        engine.run()
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            engine.run()
-            times.append(time.perf_counter() - started)
-        return statistics.median(times)
-
-    return min(engines, key=median_s)
+    timed = paired(engines, engines[0].name, rounds=repeats, runs=1)
+    return min(engines, key=lambda engine: timed.relative[engine.name].median)
 
 
 def model_gflop(onnx_path: Path, preset: Preset) -> float:
