@@ -6,6 +6,7 @@ exception is a bug in edgec and keeps its traceback.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import enum
 import json
@@ -72,7 +73,7 @@ MaxAccuracyDropOption = Annotated[Optional[float], typer.Option("--max-accuracy-
 PruneOption = Annotated[Optional[float], typer.Option("--prune", help="Remove this fraction (0-1) of every prunable convolution's output channels.")]
 PruneCriterionOption = Annotated[PruneCriterion, typer.Option("--prune-criterion", help="Channel ranking for --prune: L1 or L2 norm of the channel's weights.")]
 LayoutOption = Annotated[Optional[Layout], typer.Option("--layout", help="Convolution data layout (default: the preset's, see `edgec targets`).")]
-WinogradOption = Annotated[Optional[bool], typer.Option("--winograd/--no-winograd", help="Compute float 3x3 stride-1 convolutions as Winograd F(4x4,3x3) (default: the preset's choice).")]
+WinogradOption = Annotated[Optional[bool], typer.Option("--winograd/--no-winograd", help="Compute float 3x3 stride-1 convolutions as Winograd F(4x4,3x3) or F(2x2,3x3), chosen per layer (default: the preset's choice).")]
 DeviceOption = Annotated[Device, typer.Option("--device", "-d", help="local: this CPU, in this process; qemu: the C++ runner under qemu-user (aarch64 artifacts); rpc: a TVM RPC server, through a tracker or directly.")]
 RpcTrackerOption = Annotated[Optional[str], typer.Option("--rpc-tracker", help="HOST:PORT of the RPC tracker (with --rpc-key).")]
 RpcKeyOption = Annotated[Optional[str], typer.Option("--rpc-key", help="Device key the RPC servers registered with at the tracker.")]
@@ -232,8 +233,9 @@ def _print_pass_reports(manifest) -> None:
         if phase["phase"] == "winograd" and report is not None:
             settings = phase["settings"]
             if report["winograd_layers"]:
-                typer.echo(f"winograd: {report['winograd_layers']} 3x3 convolutions as F({settings['tile']}x"
-                           f"{settings['tile']}, 3x3)")
+                tiles = collections.Counter(layer["tile"] for layer in report["layers"])
+                typer.echo(f"winograd: {report['winograd_layers']} 3x3 convolutions as "
+                           + ", ".join(f"{count} F({tile}x{tile}, 3x3)" for tile, count in sorted(tiles.items(), reverse=True)))
             elif settings["chosen_by"] == "--winograd":
                 typer.echo(f"winograd: no convolution qualifies (float, NCHW or NHWC, 3x3, stride 1, groups 1, at least "
                            f"{settings['min_channels']} channels, {settings['min_macs']:,} multiply-adds and "
@@ -306,9 +308,13 @@ def tune_command(
 def compact_records_command(
     target: Annotated[str, typer.Option("--target", "-t", help="Preset whose database to compact.")],
     tuning_log: TuningLogOption = Path("tuning_logs"),
+    keep_models: Annotated[Optional[list[Path]], typer.Option("--keep-models", help="Model files (.onnx, .pt2; repeatable): keep only the kernels these models use, as compiled with the preset's defaults, and drop every other workload.")] = None,
 ) -> None:
     """Keep only the best record of every kernel in a preset's tuning database (small enough to ship)."""
-    from compiler.tuning_db import compact, database_dir
+    from compiler.frontends import load_model
+    from compiler.pipeline import PipelineConfig
+    from compiler.tuning import model_kernels
+    from compiler.tuning_db import compact, database_dir, open_for_tuning, used_workload_hashes
     from targets import resolve_target
 
     with user_errors():
@@ -316,7 +322,15 @@ def compact_records_command(
         directory = database_dir(tuning_log, preset)
         if not directory.is_dir():
             raise EdgecError(f"no tuning database at {directory}; tune first with: edgec tune MODEL --target {preset.name}")
-        report = compact(directory, preset.tvm_target())
+        keep = None
+        if keep_models:
+            kernels = []
+            for path in keep_models:
+                with console.status(f"finding the kernels of {path.name}"):
+                    kernels += model_kernels(load_model(path, {}), preset, PipelineConfig(tuning_log=None))
+            with open_for_tuning(directory, preset.tvm_target()) as database:  # repaired first, if need be
+                keep = used_workload_hashes(database, preset.tvm_target(), kernels)
+        report = compact(directory, preset.tvm_target(), keep)
     typer.echo(f"{report.directory}: {report.workloads} kernels, {report.records_before} -> {report.records_after} records, "
                f"{report.bytes_before / 1e6:.2f} -> {report.bytes_after / 1e6:.2f} MB")
 

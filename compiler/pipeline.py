@@ -56,9 +56,12 @@ class PipelineConfig:
 
     def for_preset(self, preset: Preset) -> PipelineConfig:
         """The settings the target decides unless the user did: conv layout, Winograd, and int8
-        activation signedness (what its dot-product instruction multiplies)."""
-        resolved = replace(self, layout=self.layout or LayoutConfig(preset.layout, chosen_by="preset"),
-                           winograd=self.winograd or WinogradConfig(enabled=preset.winograd, chosen_by="preset"))
+        activation signedness (what its dot-product instruction multiplies), and the compute-to-memory
+        balance that picks Winograd tiles."""
+        winograd = self.winograd or WinogradConfig(enabled=preset.winograd, chosen_by="preset")
+        if winograd.macs_per_byte is None:
+            winograd = replace(winograd, macs_per_byte=preset.macs_per_byte)
+        resolved = replace(self, layout=self.layout or LayoutConfig(preset.layout, chosen_by="preset"), winograd=winograd)
         if self.quantize is None or self.quantize.signed_activations == preset.signed_int8_activations:
             return resolved
         return replace(resolved, quantize=replace(self.quantize, signed_activations=preset.signed_int8_activations))

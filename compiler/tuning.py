@@ -132,6 +132,13 @@ def estimated_s(tasks: Sequence[TaskProgress]) -> float:
 ProgressCallback = Callable[[Sequence[TaskProgress], float], None]  # (tasks, seconds since start)
 
 
+def model_kernels(model: ImportedModel, preset: Preset, pipeline: PipelineConfig) -> list[tuple[tvm.IRModule, str]]:
+    """(module, task name) of every kernel a compile of `model` for `preset` looks up in the records."""
+    target = preset.tvm_target()
+    mod = run_to_tuning_point(model.mod, target, pipeline.for_preset(preset))
+    return [(task.dispatched[0], task.task_name) for task in ms.relax_integration.extract_tasks(mod, target)]
+
+
 def tune_model(model: ImportedModel, options: TuneOptions, on_progress: ProgressCallback | None = None) -> TuneReport:
     """Tune every task of `model` that the preset's database lacks (every task with `refine`);
     records are committed per batch."""

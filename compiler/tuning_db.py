@@ -27,7 +27,7 @@ import os
 import sys
 import tempfile
 import types
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,11 +236,14 @@ class CompactReport:
     bytes_after: int
 
 
-def compact(directory: Path, target: tvm.target.Target) -> CompactReport:
+def compact(directory: Path, target: tvm.target.Target, keep_only: Collection[str] | None = None) -> CompactReport:
     """Keep only the fastest valid record of every workload (what a compile uses), for shipping.
 
-    Workload lines keep their numbering (a workload without a valid measurement keeps its line and
-    loses its records), so only the records file is replaced: atomically, under the database lock.
+    Without `keep_only`, workload lines keep their numbering (a workload without a valid measurement
+    keeps its line and loses its records), so only the records file is replaced. With `keep_only`
+    (workload hashes, from `used_workload_hashes` for the models the records serve), every other
+    workload goes too, lines and records both: a workload line holds its whole kernel, a megabyte
+    for a Winograd one. Files are replaced atomically, under the database lock.
     """
     directory = Path(directory)
     size = lambda: sum((directory / name).stat().st_size for name in (WORKLOADS, RECORDS)  # noqa: E731
@@ -248,8 +251,28 @@ def compact(directory: Path, target: tvm.target.Target) -> CompactReport:
     with locked_records(directory, target) as repaired:
         before = size()
         best = {index: records[:1] for index, records in measured_records(repaired).items()}
-        write_records(directory, best)
-        return CompactReport(directory, len(best), len(repaired.records), len(best), before, size())
+        if keep_only is None:
+            write_records(directory, best)
+            return CompactReport(directory, len(best), len(repaired.records), len(best), before, size())
+        kept = [index for index, line in enumerate(repaired.workloads)
+                if json.loads(line)[0] in keep_only and index in best]
+        renumber = {old: new for new, old in enumerate(kept)}
+        Repaired([repaired.workloads[index] for index in kept],
+                 [json.dumps([renumber[index], best[index][0].body], separators=(",", ":")) for index in kept],
+                 0).write(directory)
+        return CompactReport(directory, len(kept), len(repaired.records), len(kept), before, size())
+
+
+def used_workload_hashes(database: ms.database.Database, target: tvm.target.Target,
+                         kernels: Sequence[tuple[tvm.IRModule, str]]) -> set[str]:
+    """Hashes (as the workload lines hold them) of the workloads with records that these kernels
+    look up: (module, task name) pairs, as `tuning.model_kernels` lists a model's."""
+    used = set()
+    for mod, name in kernels:
+        record = database.query_tuning_record(mod, target, name)
+        if record is not None:
+            used.add(str(record.workload.as_json()[0]))
+    return used
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """The figures of the README: edgec against onnxruntime and PyTorch, measured in one process.
 
     python -m examples.benchmark [--target x86-avx512] [--rounds 7] [--runs 10] [--json out/benchmark.json]
-                                 [--skip int8,prune,layout]
+                                 [--skip int8,prune,layout,variants]
 
 Every latency is a median over `rounds` rounds of `runs` timed runs (after warm-up) of every engine,
 all at 2 threads, batch 1. Ratios are taken round by round and given as their median over the rounds,
@@ -11,10 +11,11 @@ and engines do not slow down alike (compiler.bench.paired_latencies). Sections:
 - fp32: ResNet-18 and MobileNetV2 (224x224) compiled for the x86 preset (by default the most capable
   one this CPU runs: x86-avx512, else x86-64) with the tuning records in tuning_logs/<preset>/,
   against onnxruntime (CPU EP, default optimizations) and PyTorch eager; plus the fraction of this
-  machine's fp32 peak (the faster of PyTorch's and onnxruntime's 2048^3 GEMM) each model reaches
+  machine's fp32 peak (the fastest of PyTorch's and onnxruntime's 1024^3 and 2048^3 GEMMs) each model reaches
   (its direct-convolution FLOPs over its latency: Winograd does fewer multiplies, so it can pass
   100%); and, in the same rounds, the model in the layout the preset did not choose (NCHW with
-  Winograd where it applies), and with direct convolutions only (where Winograd rewrote some);
+  Winograd where it applies), and with direct convolutions only (where Winograd rewrote some),
+  unless `--skip variants`;
 - tuning cost: from the tuning histories shipped beside the records, the trials and minutes it took
   the estimated latency to get within 10% of its final value;
 - int8: ResNet-18 int8 (edgec PTQ) against edgec fp32 and onnxruntime's static int8 QDQ model, in
@@ -69,33 +70,45 @@ def _ratio_cells(label: str, spread: Spread) -> dict[str, object]:
     return {label: spread.median, f"{label} (rounds)": f"{spread.low:.2f}-{spread.high:.2f}"}
 
 
-GEMM_SIZE = 2048
+# Square GEMM sizes the peak is taken over: 1024^3's operands (12 MB) stay in a server CPU's L3,
+# 2048^3's (48 MB) do not: on the 2-core Zen 5, onnxruntime's direct ResNet-18 convs ran faster than
+# its 2048^3 GEMM
+GEMM_SIZES = (1024, 2048)
 
 
-def gemm_engine(size: int = GEMM_SIZE, repeats: int = 5) -> Engine:
-    """A large square fp32 GEMM on THREADS threads, the faster of PyTorch's (MKL) and onnxruntime's
-    (MLAS): the machine's peak, timed in the same rounds as the models so that it shares their
-    minutes. Both are tried because MKL takes a slow path on AMD CPUs (190 GFLOP/s on a 2-core Zen 5
-    with AVX-512, where MLAS reaches 395)."""
+@dataclass(frozen=True)
+class Peak:
+    engine: Engine
+    gflop: float  # per run of the engine
+
+
+def gemm_peak(sizes: tuple[int, ...] = GEMM_SIZES, repeats: int = 5) -> Peak:
+    """The machine's fp32 peak: the fastest (GFLOP/s) of square GEMMs of `sizes` on THREADS threads, by
+    PyTorch (MKL) and by onnxruntime (MLAS), timed in the same rounds as the models so that it shares
+    their minutes. Both libraries are tried because MKL takes a slow path on AMD CPUs (190 GFLOP/s on
+    a 2-core Zen 5 with AVX-512, where MLAS reaches 395)."""
     import onnxruntime as ort
     import torch
     from onnx import TensorProto, helper
 
-    a, b = torch.rand(size, size), torch.rand(size, size)
-    feeds = {"A": a.numpy(), "B": b.numpy()}
-    square = [size, size]
-    graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["C"])], "gemm",
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, square) for n in "AB"],
-                              [helper.make_tensor_value_info("C", TensorProto.FLOAT, square)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
-    session = ort.InferenceSession(  # IR 9: what onnxruntime reads, whichever onnx made the graph
-        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9).SerializeToString(),
-        options, providers=["CPUExecutionProvider"])
-    engines = [Engine("GEMM (PyTorch)", lambda: torch.mm(a, b)),
-               Engine("GEMM (onnxruntime)", lambda: session.run(None, feeds))]
-    timed = paired(engines, engines[0].name, rounds=repeats, runs=1)
-    return min(engines, key=lambda engine: timed.relative[engine.name].median)
+    candidates = []
+    for size in sizes:
+        a, b = torch.rand(size, size), torch.rand(size, size)
+        feeds = {"A": a.numpy(), "B": b.numpy()}
+        square = [size, size]
+        graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["C"])], "gemm",
+                                  [helper.make_tensor_value_info(n, TensorProto.FLOAT, square) for n in "AB"],
+                                  [helper.make_tensor_value_info("C", TensorProto.FLOAT, square)])
+        session = ort.InferenceSession(  # IR 9: what onnxruntime reads, whichever onnx made the graph
+            helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9).SerializeToString(),
+            options, providers=["CPUExecutionProvider"])
+        gflop = 2 * size ** 3 / 1e9
+        candidates += [Peak(Engine(f"GEMM {size}^3 (PyTorch)", lambda a=a, b=b: torch.mm(a, b)), gflop),
+                       Peak(Engine(f"GEMM {size}^3 (onnxruntime)", lambda s=session, f=feeds: s.run(None, f)), gflop)]
+    timed = paired([c.engine for c in candidates], candidates[0].engine.name, rounds=repeats, runs=1)
+    return max(candidates, key=lambda c: c.gflop / timed.median_s[c.engine.name])
 
 
 def model_gflop(onnx_path: Path, preset: Preset) -> float:
@@ -149,9 +162,10 @@ def compile_onnx(path: Path, out: Path, preset: Preset, **pipeline) -> Path:
 def fp32_section(work: Path, args) -> list[dict]:
     from examples.export import example_model, export_onnx
 
-    gemm = gemm_engine()
-    console.print(f"fp32 peak: {gemm.name}, {GEMM_SIZE}^3, timed in every model's rounds")
-    gemm_gflop = 2 * GEMM_SIZE ** 3 / 1e9
+    peak = gemm_peak()
+    gemm, gemm_gflop = peak.engine, peak.gflop
+    console.print(f"fp32 peak: {gemm.name}, the fastest of {', '.join(f'{n}^3' for n in GEMM_SIZES)} by PyTorch "
+                  "and onnxruntime; timed in every model's rounds")
     rows = []
     for name in args.models:
         model, x_tensor = example_model(name)
@@ -161,12 +175,14 @@ def fp32_section(work: Path, args) -> list[dict]:
             artifact = compile_onnx(onnx_path, work / f"{name}-fp32", args.preset)
         layout = _phase(artifact, "layout")["settings"]["layout"]
         other = {"NCHW": "NHWC", "NHWC": "NCHW"}[layout]  # the layout the preset did not choose, same Winograd choice
-        with console.status(f"compiling {name} with --layout {other}"):
-            relaid = compile_onnx(onnx_path, work / f"{name}-{other}", args.preset, layout=LayoutConfig(other))
-        engines = [edgec_engine(artifact, x), edgec_engine(relaid, x, f"edgec {other}"),
-                   onnxruntime_engine(onnx_path, x), torch_engine(model, x), gemm]
+        engines = [edgec_engine(artifact, x), onnxruntime_engine(onnx_path, x), torch_engine(model, x), gemm]
         winograd_layers = _phase_report(artifact, "winograd").get("winograd_layers", 0)
-        if winograd_layers:  # the same build with direct convolutions only: what Winograd brought
+        variants = "variants" not in args.skip
+        if variants:
+            with console.status(f"compiling {name} with --layout {other}"):
+                relaid = compile_onnx(onnx_path, work / f"{name}-{other}", args.preset, layout=LayoutConfig(other))
+            engines.append(edgec_engine(relaid, x, f"edgec {other}"))
+        if variants and winograd_layers:  # the same build with direct convolutions only: what Winograd brought
             with console.status(f"compiling {name} with --no-winograd"):
                 direct = compile_onnx(onnx_path, work / f"{name}-direct", args.preset, winograd=WinogradConfig(enabled=False))
             engines.append(edgec_engine(direct, x, "edgec direct conv"))
@@ -181,9 +197,9 @@ def fp32_section(work: Path, args) -> list[dict]:
             **_ratio_cells("onnxruntime / edgec", relative["onnxruntime"]),
             **_ratio_cells("PyTorch / edgec", relative["PyTorch eager"]),
             "winograd convs": winograd_layers,
-            "direct conv / winograd": relative["edgec direct conv"].median if winograd_layers else None,
+            "direct conv / winograd": relative["edgec direct conv"].median if variants and winograd_layers else None,
             "layout": layout,
-            "other layout / edgec": relative[f"edgec {other}"].median,
+            "other layout / edgec": relative[f"edgec {other}"].median if variants else None,
             "peak GFLOP/s": gemm_gflop / latency[gemm.name],
             # (model GFLOP / model time) / (GEMM GFLOP / GEMM time), from the round-by-round time ratios
             "edgec % of peak": 100 * gflop / gemm_gflop * relative[gemm.name].median,
@@ -331,7 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--skip", default="", type=lambda s: set(filter(None, s.split(","))),
-                        help="sections to leave out: fp32, tuning, int8, prune, layout")
+                        help="sections to leave out: fp32, tuning, int8, prune, layout; and variants: the fp32 "
+                             "rows' builds in the other layout and with direct convs only (untuned: slow)")
     parser.add_argument("--target", help=f"x86 preset to compile for (default: the first of "
                                           f"{', '.join(X86_BY_CAPABILITY)} that runs natively here)")
     parser.add_argument("--histories", type=Path, nargs="*",

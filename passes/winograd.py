@@ -48,7 +48,9 @@ class WinogradConfig:
     """Whether convolutions become Winograd, which ones, and with which output tile."""
 
     enabled: bool = True
-    tile: int = 4  # m of F(m x m, 3x3): 4 needs 36 multiplies per 16 outputs, 2 needs 16 per 4
+    # m of F(m x m, 3x3) for every layer (4 needs 36 multiplies per 16 outputs, 2 needs 16 per 4), or
+    # None: per layer, F(4x4), F(2x2) or direct, whichever `layer_tile` finds cheapest
+    tile: int | None = None
     # Both channel counts at least this: below it the transforms cost more than the GEMM saves
     min_channels: int = 16
     # Direct multiply-adds at least this: on small images the transforms and the padding of partial
@@ -58,18 +60,25 @@ class WinogradConfig:
     # (alpha^2/9 = 4x the direct ones for tile 4) cost more to stream than the multiply-adds saved
     # (ResNet-18's 7x7 convs, 4 tiles, ran 1.4x slower tuned in NHWC)
     min_tiles: int = 16
+    # Multiply-adds the device does in the time it reads one byte of weights from memory (its peak
+    # over its memory bandwidth; None: the preset's, `Preset.macs_per_byte`, else DEFAULT_MACS_PER_BYTE).
+    # Per-layer tiles weigh the GEMM's multiply-adds against streaming the transformed weight,
+    # alpha^2/9 times the direct one's size (ResNet-18's 14x14x256 convs in F(4x4) read 9.4 MB each
+    # and ran at the memory's speed on AVX-512, 1.6x slower than in MetaSchedule's warm-cache timing).
+    macs_per_byte: float | None = None
     chosen_by: str = "--winograd"  # or "preset": who decided `enabled` (for the manifest)
 
     def __post_init__(self) -> None:
-        if self.tile not in (2, 4, 6):
+        if self.tile is not None and self.tile not in (2, 4, 6):
             raise EdgecError(f"Winograd tile {self.tile} is not supported; choose 2, 4 or 6")
-        if self.min_channels < 1 or self.min_macs < 0 or self.min_tiles < 1:
+        if self.min_channels < 1 or self.min_macs < 0 or self.min_tiles < 1 or (self.macs_per_byte or 0) < 0:
             raise EdgecError(f"Winograd thresholds must be positive, got min_channels={self.min_channels}, "
-                             f"min_macs={self.min_macs}, min_tiles={self.min_tiles}")
+                             f"min_macs={self.min_macs}, min_tiles={self.min_tiles}, macs_per_byte={self.macs_per_byte}")
 
     def to_json(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, "tile": self.tile, "min_channels": self.min_channels,
-                "min_macs": self.min_macs, "min_tiles": self.min_tiles, "chosen_by": self.chosen_by}
+        return {"enabled": self.enabled, "tile": self.tile or "per layer", "min_channels": self.min_channels,
+                "min_macs": self.min_macs, "min_tiles": self.min_tiles, "macs_per_byte": self.macs_per_byte,
+                "chosen_by": self.chosen_by}
 
 
 @dataclass(frozen=True)
@@ -82,13 +91,13 @@ class WinogradReport:
 
 def winograd_conv2d(config: WinogradConfig, on_report: Callable[[WinogradReport], None] | None = None
                     ) -> tvm.transform.Pass:
-    """Rewrite every eligible conv2d in `main` into a Winograd F(tile x tile, 3x3) kernel.
+    """Rewrite every eligible conv2d in `main` into a Winograd F(m x m, 3x3) kernel, m per layer.
 
     Eligible: float32, NCHW data with OIHW constant weights or NHWC with OHWI (after convert_layout),
     3x3, stride 1, dilation 1, one group,
     at least `config.min_channels` input and output channels, `config.min_macs` multiply-adds and
-    `config.min_tiles` output tiles.
-    Others are left as they are.
+    `config.min_tiles` output tiles; m is `config.tile` or, without one, `layer_tile`'s choice,
+    which can also be to stay direct. Others are left as they are.
     Needs: weights bound as constants (after `simplify_for_inference`), static shapes.
     Guarantees: each rewritten conv is one call_tir whose output stage takes the fused epilogue
     (bias, activation, residual add); its transformed weight [alpha, alpha, CI, CO] is a constant;
@@ -118,27 +127,63 @@ def _transform_matrices(tile: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return _cook_toom_convolution(_interpolation_points(tile + KERNEL_SIZE - 1), tile, KERNEL_SIZE)
 
 
-def _eligible(call: relax.Call, out: relax.Var, config: WinogradConfig) -> bool:
+DEFAULT_MACS_PER_BYTE = 8.0  # a 2-core AVX-512 CPU: ~235 G multiply-adds/s over ~28 GB/s
+
+# Tiles a per-layer choice considers, largest first: F(6x6) saves little more and loses precision
+_PER_LAYER_TILES = (4, 2)
+
+
+def layer_tile(in_channels: int, out_channels: int, out_hw: tuple[int, int], batch: int,
+               config: WinogradConfig) -> int | None:
+    """The Winograd tile for one 3x3 stride-1 layer that passes the channel and size thresholds, or
+    None to keep it direct.
+
+    With `config.tile` set: that tile, if its output tiles reach `config.min_tiles`. Otherwise a
+    roofline: each choice costs max(multiply-adds, weight bytes x macs_per_byte); the cheapest of
+    F(4x4), F(2x2) and direct wins (direct on ties). At x86-avx512's balance (8) this keeps ResNet-18's
+    56x56 and 28x28 layers in F(4x4), puts its 14x14x256 layers in F(2x2) (F(4x4)'s weight is 9.4 MB)
+    and leaves its 7x7x512 layers direct; at AVX2's (4) the 14x14 layers stay F(4x4).
+    """
+    pairs = in_channels * out_channels
+    balance = DEFAULT_MACS_PER_BYTE if config.macs_per_byte is None else config.macs_per_byte
+
+    def tiles(tile: int) -> int:
+        return int(np.prod([-(-size // tile) for size in out_hw])) * batch
+
+    candidates = (config.tile,) if config.tile is not None else _PER_LAYER_TILES
+    costs = {tile: max((tile + KERNEL_SIZE - 1) ** 2 * tiles(tile) * pairs,
+                       (tile + KERNEL_SIZE - 1) ** 2 * pairs * 4 * balance)
+             for tile in candidates if tiles(tile) >= config.min_tiles}
+    if config.tile is not None:
+        return config.tile if costs else None
+    direct = max(KERNEL_SIZE ** 2 * int(np.prod(out_hw)) * batch * pairs, KERNEL_SIZE ** 2 * pairs * 4 * balance)
+    best = min(costs, key=costs.get, default=None)
+    return best if best is not None and costs[best] < direct else None
+
+
+def _eligible(call: relax.Call, out: relax.Var, config: WinogradConfig) -> int | None:
+    """The tile `call` gets, or None where it stays direct."""
     if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
-        return False
+        return None
     data, weight = call.args
     attrs = call.attrs
     if not isinstance(weight, tvm.ir.GenericConst) or not isinstance(data.ty, relax.TensorType):
-        return False
+        return None
     if not all(isinstance(dim, tvm.tirx.IntImm) for dim in out.ty.shape):  # the kernel is built for static shapes
-        return False
+        return None
     shape = [int(dim) for dim in weight.ty.shape]
     layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout or attrs.data_layout))
     if layouts not in _KERNEL_LAYOUTS:
-        return False
+        return None
     out_channels, in_channels, kernel_h, kernel_w = _oihw(shape, layouts[1])
     out_hw = _output_hw(out, layouts[0])
-    return (str(data.ty.dtype) == "float32" and str(attrs.out_dtype or "float32") in ("", "void", "float32")
+    if not (str(data.ty.dtype) == "float32" and str(attrs.out_dtype or "float32") in ("", "void", "float32")
             and [kernel_h, kernel_w] == [KERNEL_SIZE, KERNEL_SIZE] and int(attrs.groups) == 1
             and [int(s) for s in attrs.strides] == [1, 1] and [int(d) for d in attrs.dilation] == [1, 1]
             and min(out_channels, in_channels) >= config.min_channels
-            and np.prod(shape) * np.prod(out_hw) >= config.min_macs
-            and np.prod([-(-size // config.tile) for size in out_hw]) * int(out.ty.shape[0]) >= config.min_tiles)
+            and np.prod(shape) * np.prod(out_hw) >= config.min_macs):
+        return None
+    return layer_tile(in_channels, out_channels, tuple(out_hw), int(out.ty.shape[0]), config)
 
 
 # (data, kernel, output) layouts the rewrite handles: as imported, and after convert_layout to NHWC
@@ -169,7 +214,8 @@ class _WinogradRewriter(relax.PyExprMutator):
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         call = binding.value
-        if not _eligible(call, binding.var, self.config):
+        tile = _eligible(call, binding.var, self.config)
+        if tile is None:
             super().visit_var_binding_(binding)
             return
         data = self.visit_expr(call.args[0])
@@ -178,8 +224,8 @@ class _WinogradRewriter(relax.PyExprMutator):
         padding = tuple(int(p) for p in call.attrs.padding)
         data_layout = str(call.attrs.data_layout)
         compute = _winograd_nhwc if data_layout == "NHWC" else _winograd_nchw
-        kernel = self.builder_.call_te(compute, data, relax.const(transform_weight(weight, self.config.tile)),
-                                       padding=padding, tile=self.config.tile, primfunc_name_hint="conv2d_winograd")
+        kernel = self.builder_.call_te(compute, data, relax.const(transform_weight(weight, tile)),
+                                       padding=padding, tile=tile, primfunc_name_hint="conv2d_winograd")
         func_var = kernel.args[0]
         self.builder_.update_func(func_var, self.builder_.get()[func_var].with_attr("op_pattern", _OUT_ELEMWISE_FUSABLE))
         new = (self.builder_.emit(kernel, name_hint=binding.var.name) if isinstance(binding.var, relax.DataflowVar)
@@ -187,7 +233,7 @@ class _WinogradRewriter(relax.PyExprMutator):
         self.set_var_remap(binding.var, new)
         self.layers.append({"name": binding.var.name, "in_channels": weight.shape[1], "out_channels": weight.shape[0],
                             "output_hw": _output_hw(binding.var, data_layout), "layout": data_layout,
-                            "tile": self.config.tile})
+                            "tile": tile})
 
 
 def _tiling(height: int, width: int, padding: tuple[int, int, int, int], tile: int
@@ -255,6 +301,7 @@ def _tile_transform(shape: tuple[int, ...], alpha: int, term: Callable[..., Any]
 
 _NHWC_DATA_PACK_RULE = "edgec_winograd_nhwc_data_pack"
 _NHWC_INVERSE_RULE = "edgec_winograd_nhwc_inverse"
+_NHWC_BGEMM_RULE = "edgec_winograd_nhwc_bgemm"
 
 
 def _winograd_nhwc(data: te.Tensor, kernel_pack: te.Tensor, padding: tuple[int, int, int, int], tile: int) -> te.Tensor:
@@ -296,7 +343,7 @@ def _winograd_nhwc(data: te.Tensor, kernel_pack: te.Tensor, padding: tuple[int, 
     bgemm = te.compute(
         (alpha, alpha, tiles, out_channels),
         lambda eps, nu, p, co: te.sum(data_pack[eps, nu, p, ci] * kernel_pack[eps, nu, ci, co], axis=[ci]),
-        name="bgemm", attrs={"layout_free_placeholders": [kernel_pack]})
+        name="bgemm", attrs={"layout_free_placeholders": [kernel_pack], "schedule_rule": _NHWC_BGEMM_RULE})
     # A sum over one term: MetaSchedule's tiling fuses a GEMM's only consumer into its tiles when
     # that consumer is elementwise, and fusing this one (it reads all alpha rows of products) fails.
     once = te.reduce_axis((0, 1), name="once")
@@ -404,6 +451,41 @@ def _inverse_rule(sch: Any, inverse: Any) -> list[Any]:
     return [sch]
 
 
+# Register tile of the batched GEMM: at most this many tiles by this many vectors of output channels
+_MAX_TILE_ROWS = 8
+_MAX_TILE_VECTORS = 4
+
+
+def _bgemm_rule(sch: Any, bgemm: Any) -> list[Any]:
+    """MetaSchedule custom rule: the alpha^2 GEMMs [tiles x CI] x [CI x CO] as register-blocked
+    micro-kernels, the only shape that runs them near the FMA units' peak.
+
+    Parallel over (alpha, alpha, blocks of output channels); in each, for every block of `rows` tiles,
+    a `rows` x `vectors * lanes` accumulator tile stays in registers over the whole CI reduction: per
+    input channel, `rows` broadcasts and `vectors` weight loads feed rows x vectors FMAs. MetaSchedule
+    samples rows (<= 8) and vectors (<= 4) and keeps the fastest. The weight is layout-free, so its
+    panels ([CI x vectors * lanes] per block) are prepacked contiguous at compile time. (MetaSchedule's
+    generic multi-level tiling, on this block, had found tiles of 2 x 1 vector: 4x slower.)
+    """
+    eps, nu, tile, channel, _reduction = sch.get_loops(bgemm)
+    channel_outer, lanes = _split_lanes(sch, channel)
+    blocks, vectors = sch.split(channel_outer, sch.sample_perfect_tile(channel_outer, n=2,
+                                                                        max_innermost_factor=_MAX_TILE_VECTORS))
+    tile_outer, rows = sch.split(tile, sch.sample_perfect_tile(tile, n=2, max_innermost_factor=_MAX_TILE_ROWS))
+    sch.reorder(eps, nu, blocks, tile_outer, _reduction, rows, vectors, lanes)
+    sch.parallel(sch.fuse(eps, nu, blocks))
+    accumulator = sch.cache_write(bgemm, 0, "global")
+    # Unit loops kept: the trace must make as many loops whatever tile sizes are sampled
+    sch.reverse_compute_at(accumulator, tile_outer, preserve_unit_loops=True)
+    *_, store_lanes = sch.get_loops(accumulator)
+    sch.vectorize(store_lanes)
+    sch.unroll(rows)
+    sch.unroll(vectors)
+    sch.vectorize(lanes)
+    return [sch]
+
+
 # MetaSchedule looks a block's `schedule_rule` up as a global function per target kind ("cpu": llvm)
 tvm.register_global_func(f"s_tir.meta_schedule.cpu.{_NHWC_DATA_PACK_RULE}", _data_pack_rule, override=True)
 tvm.register_global_func(f"s_tir.meta_schedule.cpu.{_NHWC_INVERSE_RULE}", _inverse_rule, override=True)
+tvm.register_global_func(f"s_tir.meta_schedule.cpu.{_NHWC_BGEMM_RULE}", _bgemm_rule, override=True)

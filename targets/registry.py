@@ -69,6 +69,10 @@ class Preset:
     # float 3x3 stride-1 convs as Winograd F(4x4, 3x3) (passes/winograd.py); --winograd/--no-winograd
     # override. On for the x86 presets, where tuned NHWC Winograd kernels beat direct ones (README figures)
     winograd: bool = False
+    # Peak float multiply-adds per byte of memory bandwidth: how much compute the device does in the
+    # time it streams one byte of weights. passes/winograd.py weighs Winograd's fewer multiply-adds
+    # against its larger weights with it (2-core AVX-512: ~235 G/s over ~28 GB/s; AVX2 half that).
+    macs_per_byte: float = 8.0
 
     def __post_init__(self) -> None:
         kind = self.target.get("kind")

@@ -58,7 +58,7 @@ def test_paired_latencies_take_ratios_round_by_round_in_rotating_order():
     costs = {"ref": [10.0, 30.0, 10.0], "b": [5.0, 9.0, 7.0], "c": [20.0, 60.0, 20.0]}
     script = _ScriptedEngines(costs, runs=2, warmup=1)
     timed = paired_latencies({name: script.engine(name) for name in costs}, "ref", rounds=3, runs=2, warmup=1,
-                             clock=script.clock)
+                             settle=0, clock=script.clock)
     assert timed.reference == "ref"
     assert timed.median_s == {"ref": 10.0, "b": 7.0, "c": 20.0}
     assert timed.relative["b"] == Spread(median=0.5, low=0.3, high=0.7)
@@ -66,6 +66,27 @@ def test_paired_latencies_take_ratios_round_by_round_in_rotating_order():
     rounds = [script.order[i:i + 6:2] for i in range(0, 18, 6)]  # each engine's runs are back to back
     assert rounds == [["ref", "b", "c"], ["b", "c", "ref"], ["c", "ref", "b"]]
     assert script.order == [name for r in rounds for name in r for _ in range(2)]
+
+
+def test_paired_latencies_settle_each_engine_before_timing_its_turn():
+    """An engine's first run after another engine's turn is 10x slow (the other's thread pool still
+    spins): untimed settle runs leave it out, so each engine is timed as it runs alone."""
+    now, last = [0.0], [None]
+
+    def engine(name: str, cost: float):
+        def run():
+            now[0] += cost * (10 if last[0] not in (None, name) else 1)
+            last[0] = name
+        return run
+
+    def timed(settle: int):
+        return paired_latencies({"ref": engine("ref", 1.0), "b": engine("b", 2.0)}, "ref", rounds=4, runs=1,
+                                warmup=0, settle=settle, clock=lambda: now[0])
+
+    # unsettled, every other turn starts after the other engine (the order rotates): medians of 10x and 1x runs
+    assert timed(settle=0).median_s == {"ref": 5.5, "b": 11.0}
+    settled = timed(settle=1)
+    assert settled.median_s == {"ref": 1.0, "b": 2.0} and settled.relative["b"] == Spread(2.0, 2.0, 2.0)
 
 
 def test_paired_latencies_need_the_reference_among_the_engines():

@@ -165,6 +165,33 @@ def test_compact_keeps_the_best_record_per_kernel_and_compiles_the_same(tuned, o
     assert {"apply-tuning", "prepack-weights"} <= {p["phase"] for p in manifest.passes}
 
 
+def test_compact_keeping_only_some_models_kernels_drops_every_other_workload(tuned, onnx_file, model, host, tmp_path):
+    """A model made of the tuned model's first layer (conv + bias + relu) keeps that kernel's workload
+    and record; the other three workloads go, lines and records, and the kept one still applies."""
+    import onnx
+
+    from compiler.frontends import load_model
+
+    root, _ = tuned
+    directory = copy_database(root, tmp_path)
+    first_layer = onnx.load(onnx_file)
+    graph = first_layer.graph
+    kept_nodes = [node for node in graph.node if node.name in ("op_conv", "op_relu")]
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    del graph.output[:]
+    graph.output.append(onnx.helper.make_tensor_value_info("relu", onnx.TensorProto.FLOAT, [1, 4, 8, 8]))
+    onnx.save(first_layer, tmp_path / "first_layer.onnx")
+
+    out = edgec("compact-records", "--target", "host", "--tuning-log", tmp_path / "logs",
+                "--keep-models", tmp_path / "first_layer.onnx")
+    assert f"1 kernels, {len(lines(root / 'host' / tuning_db.RECORDS))} -> 1 records" in out
+    assert len(lines(directory / tuning_db.WORKLOADS)) == 1 and len(lines(directory / tuning_db.RECORDS)) == 1
+    assert compile_with(load_model(tmp_path / "first_layer.onnx"), host, tmp_path / "logs", tmp_path / "a").tuning["tuned"] == 1
+    whole = compile_with(model, host, tmp_path / "logs", tmp_path / "b").tuning
+    assert (whole["tasks"], whole["tuned"]) == (KERNELS, 1)
+
+
 def test_remeasure_times_each_kernels_best_records_again_and_keeps_only_those(tuned, model, host, tmp_path):
     """A record whose stored time is a lucky minute's (here: impossibly fast) gets its real time back."""
     root, _ = tuned

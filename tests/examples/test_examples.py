@@ -171,14 +171,17 @@ def test_tuning_cost_chains_runs_and_finds_the_first_point_within_ten_percent(tm
     assert row["trials to within 10%"] == 48 + 16 and row["minutes to within 10%"] == pytest.approx((30 + 15) / 60)
 
 
-def test_gemm_peak_engine_is_the_faster_of_pytorch_and_onnxruntime():
-    """examples.benchmark's fp32 peak: a GEMM of the requested size, from whichever library ran it faster."""
+def test_gemm_peak_is_the_fastest_size_and_library():
+    """examples.benchmark's fp32 peak: one of the requested GEMMs, from whichever library and size
+    ran the most GFLOP/s, with that size's FLOPs."""
     import numpy as np
 
-    from examples.benchmark import gemm_engine
+    from examples.benchmark import gemm_peak
 
-    engine = gemm_engine(size=64, repeats=3)
-    assert engine.name in ("GEMM (PyTorch)", "GEMM (onnxruntime)")
-    result = engine.run()
+    peak = gemm_peak(sizes=(32, 64), repeats=3)
+    size = int(peak.engine.name.split()[1].split("^")[0])
+    assert peak.engine.name in (f"GEMM {size}^3 (PyTorch)", f"GEMM {size}^3 (onnxruntime)") and size in (32, 64)
+    assert peak.gflop == 2 * size ** 3 / 1e9
+    result = peak.engine.run()
     product = np.asarray(result[0] if isinstance(result, list) else result)
-    assert product.shape == (64, 64) and np.all(product > 0)  # operands drawn from [0, 1)
+    assert product.shape == (size, size) and np.all(product > 0)  # operands drawn from [0, 1)

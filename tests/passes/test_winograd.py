@@ -9,7 +9,7 @@ from tvm import relax
 from compiler.errors import EdgecError
 from compiler.frontends import import_torch_module
 from passes import simplify_for_inference
-from passes.winograd import WinogradConfig, transform_weight, winograd_conv2d
+from passes.winograd import WinogradConfig, layer_tile, transform_weight, winograd_conv2d
 from tests.helpers import op_names, run_relax
 
 
@@ -65,7 +65,7 @@ def test_eligible_convs_become_winograd_and_outputs_match(residual, tile):
 @pytest.mark.parametrize("layout_fixture", ["residual", "residual_nhwc"])
 def test_bias_activation_and_residual_fuse_into_the_winograd_kernel(request, layout_fixture):
     mod, _, _ = request.getfixturevalue(layout_fixture)
-    _, names = _fused_winograd_kernels(winograd_conv2d(WinogradConfig(min_macs=0, min_tiles=1))(mod))
+    _, names = _fused_winograd_kernels(winograd_conv2d(WinogradConfig(tile=4, min_macs=0, min_tiles=1))(mod))
     assert len(names) == 2
     assert all(name.startswith("fused_conv2d_winograd") and name.endswith("relu") for name in names), names
     assert any("_add" in name.split("winograd", 1)[1] for name in names)  # the residual add too
@@ -92,7 +92,7 @@ def test_models_without_eligible_convs_are_returned_unchanged(residual, config):
     reports = []
     unchanged = winograd_conv2d(config, reports.append)(mod)
     assert unchanged.same_as(mod) and reports[0].layers == ()
-    winograd_conv2d(WinogradConfig(min_macs=16 * 16 * 9 * 49, min_tiles=1), reports.append)(mod)  # inclusive bound
+    winograd_conv2d(WinogradConfig(tile=4, min_macs=16 * 16 * 9 * 49, min_tiles=1), reports.append)(mod)  # inclusive bound
     assert len(reports[1].layers) == 2
 
 
@@ -100,9 +100,38 @@ def test_convs_with_few_output_tiles_stay_direct(residual):
     """7x7 outputs are 2x2 tiles of F(4x4, 3x3): 4 tiles qualify with min_tiles=4, not with 5 (or the default)."""
     mod, _, _ = residual
     counts = []
-    for config in (WinogradConfig(min_macs=0, min_tiles=4), WinogradConfig(min_macs=0, min_tiles=5), WinogradConfig(min_macs=0)):
+    for config in (WinogradConfig(tile=4, min_macs=0, min_tiles=4), WinogradConfig(tile=4, min_macs=0, min_tiles=5),
+                   WinogradConfig(tile=4, min_macs=0)):
         winograd_conv2d(config, lambda report: counts.append(len(report.layers)))(mod)
     assert counts == [2, 0, 0]
+
+
+@pytest.mark.parametrize(("macs_per_byte", "tile"), [(0.0, 4), (2.0, 2), (8.0, None)])
+def test_per_layer_tiles_weigh_multiply_adds_against_weight_bytes(residual, macs_per_byte, tile):
+    """The 16->16 7x7 convs: F(4x4) has the fewest multiply-adds (36 x 4 tiles per channel pair, against
+    16 x 16 for F(2x2) and 9 x 49 direct) but the largest weight (36 floats per pair against 16 and 9):
+    compute alone picks F(4x4), a little weight cost F(2x2), a machine as starved as the default direct."""
+    mod, _, _ = residual
+    reports = []
+    winograd_conv2d(WinogradConfig(min_macs=0, min_tiles=1, macs_per_byte=macs_per_byte), reports.append)(mod)
+    assert [layer["tile"] for layer in reports[0].layers] == ([tile, tile] if tile else [])
+
+
+@pytest.mark.parametrize(("preset", "expected"), [("x86-avx512", [4, 4, 2, None]), ("x86-64", [4, 4, 4, 2])])
+def test_resnet18_layers_get_the_tiles_their_weights_allow(preset, expected):
+    """ResNet-18's 3x3 stride-1 layers at the preset's machine balance: F(4x4) where the transformed
+    weight is small (56x56x64: 0.6 MB, 28x28x128: 2.4 MB). For 14x14x256, F(4x4)'s 9.4 MB takes
+    AVX-512 longer to read than its multiply-adds (so F(2x2): 4.2 MB), AVX2 not. For 7x7x512, F(2x2)'s
+    16.8 MB costs AVX-512 more than the direct conv's multiply-adds, AVX2 (half the multiply rate) less
+    (measured with tuned records on x86-64: 1.2x faster than F(4x4)/direct on those two stages)."""
+    from compiler.pipeline import PipelineConfig
+    from targets import resolve_target
+
+    config = PipelineConfig(tuning_log=None).for_preset(resolve_target(preset)).winograd
+    tiles = [layer_tile(channels, channels, (size, size), 1, config)
+             for channels, size in ((64, 56), (128, 28), (256, 14), (512, 7))]
+    assert tiles == expected
+    assert layer_tile(512, 512, (7, 7), 1, WinogradConfig(tile=4)) is None  # 4 tiles: under min_tiles
 
 
 def test_bad_tile_names_the_choices():
