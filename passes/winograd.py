@@ -64,7 +64,8 @@ class WinogradConfig:
     # over its memory bandwidth; None: the preset's, `Preset.macs_per_byte`, else DEFAULT_MACS_PER_BYTE).
     # Per-layer tiles weigh the GEMM's multiply-adds against streaming the transformed weight,
     # alpha^2/9 times the direct one's size (ResNet-18's 14x14x256 convs in F(4x4) read 9.4 MB each
-    # and ran at the memory's speed on AVX-512, 1.6x slower than in MetaSchedule's warm-cache timing).
+    # and ran at the memory's speed on AVX-512, 1.6x slower than in MetaSchedule's warm-cache timing;
+    # in F(2x2), 4.2 MB, they ran 1.15x faster than that, and its 7x7x512 convs 1.25x faster than direct).
     macs_per_byte: float | None = None
     chosen_by: str = "--winograd"  # or "preset": who decided `enabled` (for the manifest)
 
@@ -127,7 +128,7 @@ def _transform_matrices(tile: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return _cook_toom_convolution(_interpolation_points(tile + KERNEL_SIZE - 1), tile, KERNEL_SIZE)
 
 
-DEFAULT_MACS_PER_BYTE = 8.0  # a 2-core AVX-512 CPU: ~235 G multiply-adds/s over ~28 GB/s
+DEFAULT_MACS_PER_BYTE = 6.0  # a 2-core AVX-512 CPU (targets.registry.Preset.macs_per_byte)
 
 # Tiles a per-layer choice considers, largest first: F(6x6) saves little more and loses precision
 _PER_LAYER_TILES = (4, 2)
@@ -140,9 +141,9 @@ def layer_tile(in_channels: int, out_channels: int, out_hw: tuple[int, int], bat
 
     With `config.tile` set: that tile, if its output tiles reach `config.min_tiles`. Otherwise a
     roofline: each choice costs max(multiply-adds, weight bytes x macs_per_byte); the cheapest of
-    F(4x4), F(2x2) and direct wins (direct on ties). At x86-avx512's balance (8) this keeps ResNet-18's
-    56x56 and 28x28 layers in F(4x4), puts its 14x14x256 layers in F(2x2) (F(4x4)'s weight is 9.4 MB)
-    and leaves its 7x7x512 layers direct; at AVX2's (4) the 14x14 layers stay F(4x4).
+    F(4x4), F(2x2) and direct wins (direct on ties). At x86-avx512's balance (6) this keeps ResNet-18's
+    56x56 and 28x28 layers in F(4x4) and puts its 14x14x256 and 7x7x512 layers in F(2x2) (F(4x4)'s
+    weights are 9.4 and 37.7 MB); at AVX2's (3, half the multiply rate) the 14x14 layers stay F(4x4).
     """
     pairs = in_channels * out_channels
     balance = DEFAULT_MACS_PER_BYTE if config.macs_per_byte is None else config.macs_per_byte

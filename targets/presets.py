@@ -53,7 +53,7 @@ PRESETS: tuple[Preset, ...] = (
            target=_cpu("x86_64-linux-gnu", "haswell"), host=None, device="cpu",
            # NHWC: tuned convs vectorize over channels, faster than NCHW (passes/layout.py); 3x3 convs
            # as Winograd F(4x4, 3x3) where they have the tiles for it (passes/winograd.py)
-           required_cpu_features=("avx", "avx2", "fma", "f16c"), layout="NHWC", winograd=True, macs_per_byte=4.0,
+           required_cpu_features=("avx", "avx2", "fma", "f16c"), layout="NHWC", winograd=True, macs_per_byte=3.0,
            **_X86_64),
     Preset("x86-avx512", "x86-64 with AVX-512 and VNNI (Intel Cascade Lake and newer, AMD Zen 4)",
            target=_cpu("x86_64-linux-gnu", "cascadelake"), host=None, device="cpu",
@@ -61,7 +61,7 @@ PRESETS: tuple[Preset, ...] = (
                                   "avx512vl", "avx512cd", "avx512_vnni"),
            # NHWC: tuned convs vectorize over channels, and MetaSchedule tensorizes int8 conv with
            # VNNI's dot_16x4 only with channels innermost; 3x3 convs as Winograd, as on x86-64
-           layout="NHWC", winograd=True, macs_per_byte=8.0, **_X86_64),
+           layout="NHWC", winograd=True, macs_per_byte=6.0, **_X86_64),
     Preset("cortex-a53", "Raspberry Pi 3 and other Cortex-A53 boards (4x Cortex-A53, NEON)",
            target=_cpu("aarch64-linux-gnu", "cortex-a53", "+neon"), host=None, device="cpu",
            required_cpu_features=("asimd",), **_AARCH64, **_QEMU_AARCH64, **_ARM_CPU_LAYOUT),

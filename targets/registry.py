@@ -71,8 +71,9 @@ class Preset:
     winograd: bool = False
     # Peak float multiply-adds per byte of memory bandwidth: how much compute the device does in the
     # time it streams one byte of weights. passes/winograd.py weighs Winograd's fewer multiply-adds
-    # against its larger weights with it (2-core AVX-512: ~235 G/s over ~28 GB/s; AVX2 half that).
-    macs_per_byte: float = 8.0
+    # against its larger weights with it. 6 for a 2-core AVX-512 CPU (~235 G/s against the ~40 GB/s
+    # both cores stream; at 6 the tiles chosen for ResNet-18 were the fastest measured), 3 with AVX2.
+    macs_per_byte: float = 6.0
 
     def __post_init__(self) -> None:
         kind = self.target.get("kind")
