@@ -185,7 +185,8 @@ class PairedLatencies:
 
 
 def paired_latencies(engines: Mapping[str, Callable[[], object]], reference: str, rounds: int, runs: int,
-                     warmup: int = 3, settle: int = 2, clock: Callable[[], float] = time.perf_counter) -> PairedLatencies:
+                     warmup: int = 3, settle_s: float = 0.05, clock: Callable[[], float] = time.perf_counter
+                     ) -> PairedLatencies:
     """Time `engines` in `rounds` rounds of `runs` runs each, and compare them round by round.
 
     A shared host's speed drifts (this project's CI machine by up to 2x between minutes), and
@@ -194,10 +195,11 @@ def paired_latencies(engines: Mapping[str, Callable[[], object]], reference: str
     engine rotates from round to round (none always runs after the same neighbour), and the ratio
     to `reference` is taken within each round: its median over the rounds, with the lowest and
     highest round, is the comparison. Runs within a round stay consecutive, so each engine runs
-    with its own data in cache, as it would alone, after `settle` untimed runs: engines with thread
-    pools of their own keep them spinning for tens of milliseconds after their last run (on the
-    2-core machine, edgec's first MobileNetV2 run after onnxruntime's took 45-52 ms, the next 3.2 ms),
-    which a deployed model, alone in its process, never meets.
+    with its own data in cache, as it would alone, after untimed runs for `settle_s` seconds: engines
+    with thread pools of their own keep them spinning for tens of milliseconds after their last run
+    (on the 2-core machine, edgec's first MobileNetV2 run after onnxruntime's took 45-52 ms, the next
+    3.2 ms; the digits CNN, 12 us alone, read 40 us after two settle runs), which a deployed model,
+    alone in its process, never meets.
     """
     if reference not in engines:
         raise ValueError(f"reference engine {reference!r} is not among {sorted(engines)}")
@@ -212,7 +214,8 @@ def paired_latencies(engines: Mapping[str, Callable[[], object]], reference: str
     for round_index in range(rounds):
         start = round_index % len(names)
         for name in names[start:] + names[:start]:
-            for _ in range(settle):
+            settle_from = clock()
+            while clock() - settle_from < settle_s:
                 engines[name]()
             times = []
             for _ in range(runs):

@@ -58,7 +58,7 @@ def test_paired_latencies_take_ratios_round_by_round_in_rotating_order():
     costs = {"ref": [10.0, 30.0, 10.0], "b": [5.0, 9.0, 7.0], "c": [20.0, 60.0, 20.0]}
     script = _ScriptedEngines(costs, runs=2, warmup=1)
     timed = paired_latencies({name: script.engine(name) for name in costs}, "ref", rounds=3, runs=2, warmup=1,
-                             settle=0, clock=script.clock)
+                             settle_s=0, clock=script.clock)
     assert timed.reference == "ref"
     assert timed.median_s == {"ref": 10.0, "b": 7.0, "c": 20.0}
     assert timed.relative["b"] == Spread(median=0.5, low=0.3, high=0.7)
@@ -79,13 +79,13 @@ def test_paired_latencies_settle_each_engine_before_timing_its_turn():
             last[0] = name
         return run
 
-    def timed(settle: int):
+    def timed(settle_s: float):
         return paired_latencies({"ref": engine("ref", 1.0), "b": engine("b", 2.0)}, "ref", rounds=4, runs=1,
-                                warmup=0, settle=settle, clock=lambda: now[0])
+                                warmup=0, settle_s=settle_s, clock=lambda: now[0])
 
     # unsettled, every other turn starts after the other engine (the order rotates): medians of 10x and 1x runs
-    assert timed(settle=0).median_s == {"ref": 5.5, "b": 11.0}
-    settled = timed(settle=1)
+    assert timed(settle_s=0).median_s == {"ref": 5.5, "b": 11.0}
+    settled = timed(settle_s=3.0)  # runs until 3 s have passed: the slow first one (10 or 20 s) is enough
     assert settled.median_s == {"ref": 1.0, "b": 2.0} and settled.relative["b"] == Spread(2.0, 2.0, 2.0)
 
 
