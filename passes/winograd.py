@@ -459,21 +459,22 @@ _MAX_TILE_VECTORS = 4
 
 def _bgemm_rule(sch: Any, bgemm: Any) -> list[Any]:
     """MetaSchedule custom rule: the alpha^2 GEMMs [tiles x CI] x [CI x CO] as register-blocked
-    micro-kernels, the only shape that runs them near the FMA units' peak.
+    micro-kernels, the shape that keeps the FMA units busy instead of waiting on loads and stores.
 
     Parallel over (alpha, alpha, blocks of output channels); in each, for every block of `rows` tiles,
     a `rows` x `vectors * lanes` accumulator tile stays in registers over the whole CI reduction: per
     input channel, `rows` broadcasts and `vectors` weight loads feed rows x vectors FMAs. MetaSchedule
     samples rows (<= 8) and vectors (<= 4) and keeps the fastest. The weight is layout-free, so its
     panels ([CI x vectors * lanes] per block) are prepacked contiguous at compile time. (MetaSchedule's
-    generic multi-level tiling, on this block, had found tiles of 2 x 1 vector: 4x slower.)
+    generic multi-level tiling had found 2 x 1-vector tiles for this block, accumulators reloaded for
+    every CI block; with this rule ResNet-18's Winograd kernels ran 1.0-1.37x faster in the model.)
     """
-    eps, nu, tile, channel, _reduction = sch.get_loops(bgemm)
+    eps, nu, tile, channel, reduction = sch.get_loops(bgemm)
     channel_outer, lanes = _split_lanes(sch, channel)
     blocks, vectors = sch.split(channel_outer, sch.sample_perfect_tile(channel_outer, n=2,
                                                                         max_innermost_factor=_MAX_TILE_VECTORS))
     tile_outer, rows = sch.split(tile, sch.sample_perfect_tile(tile, n=2, max_innermost_factor=_MAX_TILE_ROWS))
-    sch.reorder(eps, nu, blocks, tile_outer, _reduction, rows, vectors, lanes)
+    sch.reorder(eps, nu, blocks, tile_outer, reduction, rows, vectors, lanes)
     sch.parallel(sch.fuse(eps, nu, blocks))
     accumulator = sch.cache_write(bgemm, 0, "global")
     # Unit loops kept: the trace must make as many loops whatever tile sizes are sampled
