@@ -87,12 +87,9 @@ def gemm_peak(sizes: tuple[int, ...] = GEMM_SIZES, repeats: int = 5) -> Peak:
     PyTorch (MKL) and by onnxruntime (MLAS), timed in the same rounds as the models so that it shares
     their minutes. Both libraries are tried because MKL takes a slow path on AMD CPUs (190 GFLOP/s on
     a 2-core Zen 5 with AVX-512, where MLAS reaches 395)."""
-    import onnxruntime as ort
     import torch
     from onnx import TensorProto, helper
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
     candidates = []
     for size in sizes:
         a, b = torch.rand(size, size), torch.rand(size, size)
@@ -101,9 +98,8 @@ def gemm_peak(sizes: tuple[int, ...] = GEMM_SIZES, repeats: int = 5) -> Peak:
         graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["C"])], "gemm",
                                   [helper.make_tensor_value_info(n, TensorProto.FLOAT, square) for n in "AB"],
                                   [helper.make_tensor_value_info("C", TensorProto.FLOAT, square)])
-        session = ort.InferenceSession(  # IR 9: what onnxruntime reads, whichever onnx made the graph
-            helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9).SerializeToString(),
-            options, providers=["CPUExecutionProvider"])
+        session = onnxruntime_session(  # IR 9: what onnxruntime reads, whichever onnx made the graph
+            helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9).SerializeToString())
         gflop = 2 * size ** 3 / 1e9
         candidates += [Peak(Engine(f"GEMM {size}^3 (PyTorch)", lambda a=a, b=b: torch.mm(a, b)), gflop),
                        Peak(Engine(f"GEMM {size}^3 (onnxruntime)", lambda s=session, f=feeds: s.run(None, f)), gflop)]
@@ -124,12 +120,18 @@ def model_gflop(onnx_path: Path, preset: Preset) -> float:
     return sum(int(t.weight) * float(estimate_tir_flops(t.dispatched[0])) for t in tasks) / 1e9
 
 
-def onnxruntime_engine(path: Path, x: np.ndarray, name: str = "onnxruntime") -> Engine:
+def onnxruntime_session(model: Path | bytes):
+    """onnxruntime's CPU EP on THREADS threads, default optimizations, for a model file or its bytes."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_engine(path: Path, x: np.ndarray, name: str = "onnxruntime") -> Engine:
+    session = onnxruntime_session(path)
     feed = {session.get_inputs()[0].name: x}
     return Engine(name, lambda: session.run(None, feed))
 

@@ -145,19 +145,21 @@ def layer_tile(in_channels: int, out_channels: int, out_hw: tuple[int, int], bat
     56x56 and 28x28 layers in F(4x4) and puts its 14x14x256 and 7x7x512 layers in F(2x2) (F(4x4)'s
     weights are 9.4 and 37.7 MB); at AVX2's (3, half the multiply rate) the 14x14 layers stay F(4x4).
     """
-    pairs = in_channels * out_channels
-    balance = DEFAULT_MACS_PER_BYTE if config.macs_per_byte is None else config.macs_per_byte
-
     def tiles(tile: int) -> int:
         return int(np.prod([-(-size // tile) for size in out_hw])) * batch
 
-    candidates = (config.tile,) if config.tile is not None else _PER_LAYER_TILES
-    costs = {tile: max((tile + KERNEL_SIZE - 1) ** 2 * tiles(tile) * pairs,
-                       (tile + KERNEL_SIZE - 1) ** 2 * pairs * 4 * balance)
-             for tile in candidates if tiles(tile) >= config.min_tiles}
     if config.tile is not None:
-        return config.tile if costs else None
-    direct = max(KERNEL_SIZE ** 2 * int(np.prod(out_hw)) * batch * pairs, KERNEL_SIZE ** 2 * pairs * 4 * balance)
+        return config.tile if tiles(config.tile) >= config.min_tiles else None
+    pairs = in_channels * out_channels
+    balance = DEFAULT_MACS_PER_BYTE if config.macs_per_byte is None else config.macs_per_byte
+
+    def roofline(points: int, outputs: int) -> float:
+        """Cost of `points` weight floats per channel pair, each used once per output tile (a pixel, direct)."""
+        return max(points * outputs * pairs, points * pairs * 4 * balance)
+
+    costs = {tile: roofline((tile + KERNEL_SIZE - 1) ** 2, tiles(tile))
+             for tile in _PER_LAYER_TILES if tiles(tile) >= config.min_tiles}
+    direct = roofline(KERNEL_SIZE ** 2, int(np.prod(out_hw)) * batch)
     best = min(costs, key=costs.get, default=None)
     return best if best is not None and costs[best] < direct else None
 
