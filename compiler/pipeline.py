@@ -21,8 +21,8 @@ import tvm.relax.backend.cpu_generic.pipeline  # noqa: F401  (pass lists live in
 import tvm.relax.backend.cuda.pipeline  # noqa: F401
 import tvm.relax.backend.gpu_generic.pipeline  # noqa: F401
 
-from passes import (LayoutConfig, PruneConfig, QuantizeConfig, WinogradConfig, convert_layout, lower_qdq_to_integer,
-                    prune_channels, quantize_int8, simplify_for_inference, winograd_conv2d)
+from passes import (LayoutConfig, PruneConfig, QuantizeConfig, WinogradConfig, convert_layout, depthwise_rule,
+                    lower_qdq_to_integer, prune_channels, quantize_int8, simplify_for_inference, winograd_conv2d)
 
 if TYPE_CHECKING:
     from compiler.tuning_db import TuningRecords, TuningSummary
@@ -37,6 +37,8 @@ _BACKENDS: dict[str, Callable[[], Any]] = {
 # Target kinds whose tuned kernels may choose their own weight layout (MetaSchedule's layout rewrite):
 # on CPUs a kernel that reads weights in the order its loops walk them is what makes conv fast.
 _WEIGHT_PREPACK_KINDS = frozenset({"llvm"})
+# Target kinds for which edgec registers its own MetaSchedule rules for kernels TVM's rules schedule poorly
+_CPU_RULE_KINDS = frozenset({"llvm"})
 # The phase that fuses operators into kernels (its kernel count before and after goes to the manifest)
 FUSION_PHASE = "legalize-fuse"
 
@@ -142,6 +144,9 @@ def _phases_to_tuning_point(config: PipelineConfig, target: tvm.target.Target,
         Phase("dispatch", tuple(backend.library_dispatch_passes(target))),
         Phase("legalize-fuse", tuple(backend.legalize_passes(target))),
     ]
+    if target.kind.name in _CPU_RULE_KINDS:
+        # Depthwise kernels get edgec's register-tiled schedule rule (passes/depthwise.py)
+        phases.append(Phase("depthwise-rule", (depthwise_rule(),)))
     if target.kind.name in _WEIGHT_PREPACK_KINDS:
         # Weights are constants, so a tuned kernel may ask for them in any layout
         phases.append(Phase("mark-prepack", (relax.transform.AttachAttrLayoutFreeBuffers(),)))

@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import tvm
 from tvm import relax, te, topi
-from tvm.target import codegen
 from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points, winograd_transform_matrices
 
 from compiler.errors import EdgecError
+from passes.cpu_lanes import split_lanes
 
 KERNEL_SIZE = 3
 # TIR op pattern "out-elementwise fusable": like a direct conv, bias, activation and residual add
@@ -384,31 +384,14 @@ def _explicit_product(matrix: np.ndarray, column: Any, value: Callable[[int], An
     return expr
 
 
-_VECTOR_LANES = 8  # float32 lanes of AVX2; LLVM splits them for NEON
-_AVX512_LANES = 16
 _TILES_PER_STEP = 2  # tiles per innermost step: enough reuse, little register pressure
-
-
-def _vector_lanes() -> int:
-    """float32 lanes of the target being tuned (MetaSchedule's rules get no target: edgec's tuning
-    runs them inside the target's scope): 16 with AVX-512, else 8."""
-    target = tvm.target.Target.current(allow_none=True)
-    if target is not None and target.kind.name == "llvm" and "avx512f" in codegen.llvm_get_cpu_features(target):
-        return _AVX512_LANES
-    return _VECTOR_LANES
-
-
-def _split_lanes(sch: Any, channel: Any) -> tuple[Any, Any]:
-    extent = int(sch.get(channel).extent)
-    lanes = next(v for v in (_vector_lanes(), _VECTOR_LANES, 4, 2, 1) if extent % v == 0)
-    return sch.split(channel, [None, lanes])
 
 
 def _schedule_transform(sch: Any, block: Any) -> Any:
     """Loops (row, col, tile, channel) -> parallel over (tile, channel) blocks, row and col unrolled,
     channels vectorized innermost; returns the loop under which producers can be computed."""
     row, col, tile, channel = sch.get_loops(block)
-    channel_outer, channel_inner = _split_lanes(sch, channel)
+    channel_outer, channel_inner = split_lanes(sch, channel)
     tile_outer, tile_inner = sch.split(tile, [None, _TILES_PER_STEP])
     sch.reorder(tile_outer, channel_outer, tile_inner, row, col, channel_inner)
     sch.unroll(row)
@@ -436,7 +419,7 @@ def _data_pack_rule(sch: Any, data_pack: Any) -> list[Any]:
     (input_tile,) = sch.get_producers(data_rows)
     for pad in sch.get_producers(input_tile):
         *rows, channel = sch.get_loops(pad)
-        _, channel_inner = _split_lanes(sch, channel)
+        _, channel_inner = split_lanes(sch, channel)
         sch.parallel(sch.fuse(*rows))
         sch.vectorize(channel_inner)
     step = _schedule_transform(sch, data_pack)
@@ -472,7 +455,7 @@ def _bgemm_rule(sch: Any, bgemm: Any) -> list[Any]:
     every CI block; with this rule ResNet-18's Winograd kernels ran 1.0-1.37x faster in the model.)
     """
     eps, nu, tile, channel, reduction = sch.get_loops(bgemm)
-    channel_outer, lanes = _split_lanes(sch, channel)
+    channel_outer, lanes = split_lanes(sch, channel)
     blocks, vectors = sch.split(channel_outer, sch.sample_perfect_tile(channel_outer, n=2,
                                                                         max_innermost_factor=_MAX_TILE_VECTORS))
     tile_outer, rows = sch.split(tile, sch.sample_perfect_tile(tile, n=2, max_innermost_factor=_MAX_TILE_ROWS))

@@ -310,7 +310,7 @@ def test_kernels_without_records_keep_default_schedules_with_one_warning(tuned, 
     with caplog.at_level(logging.WARNING, logger="edgec"):
         manifest = compile_model(model, CompileOptions(host, config), tmp_path / "partial")
     assert manifest.tuning == {"database": str(directory), "tasks": KERNELS, "tuned": 1}
-    applied = (tmp_path / "ir" / "08-apply-tuning.py").read_text()
+    applied = (tmp_path / "ir" / "09-apply-tuning.py").read_text()
     assert applied.count('"tirx.is_scheduled": True') == 1  # what was counted is what was applied
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and f"{KERNELS - 1} of {KERNELS} kernels have no tuning record" in warnings[0]

@@ -1,0 +1,107 @@
+"""depthwise_rule: NHWC depthwise kernels get edgec's schedule rule; its schedules compute what the kernel does."""
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+
+from compiler.frontends import import_torch_module
+from passes import LayoutConfig, convert_layout, depthwise_rule, simplify_for_inference
+from passes.depthwise import RULE_NAME, _depthwise_rule
+from tests.helpers import run_relax
+
+
+class _InvertedResidual(torch.nn.Module):
+    """MobileNetV2's block: pointwise expand + ReLU6, depthwise 3x3 + ReLU6, pointwise project."""
+
+    def __init__(self, channels: int, expanded: int, stride: int):
+        super().__init__()
+        self.expand = torch.nn.Conv2d(channels, expanded, 1)
+        self.depthwise = torch.nn.Conv2d(expanded, expanded, 3, stride=stride, padding=1, groups=expanded)
+        self.project = torch.nn.Conv2d(expanded, channels, 1)
+
+    def forward(self, x):
+        y = torch.nn.functional.relu6(self.expand(x))
+        return self.project(torch.nn.functional.relu6(self.depthwise(y)))
+
+
+def _module(layout: str, stride: int, width: int = 10):
+    torch.manual_seed(0)
+    net = _InvertedResidual(8, 32, stride).eval()
+    x = torch.randn(1, 8, 9, width)  # 9 x 10: widths that are not a multiple of the pixel run
+    mod = convert_layout(LayoutConfig(layout))(simplify_for_inference()(import_torch_module(net, (x,)).mod))
+    with tvm.target.Target({"kind": "llvm"}) as target:
+        fused = tvm.transform.Sequential(list(relax.backend.cpu_generic.pipeline.legalize_passes(target)))(mod)
+    return fused, x.numpy()
+
+
+def _rules(mod) -> dict[str, list[str]]:
+    """Per kernel, the schedule_rule annotation of each block that has one."""
+    rules = {}
+    for gv, func in mod.functions.items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            sch = tvm.s_tir.Schedule(func)
+            blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
+            rules[gv.name_hint] = [str(b.annotations["schedule_rule"]) for b in blocks if "schedule_rule" in b.annotations]
+    return rules
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_only_the_nhwc_depthwise_kernel_gets_the_rule_and_outputs_are_unchanged(stride):
+    fused, x = _module("NHWC", stride)
+    marked = depthwise_rule()(fused)
+    rules = {name: annotations for name, annotations in _rules(marked).items() if annotations}
+    (name,) = rules
+    # its conv carries the rule; the padding and the epilogue (bias, max, min) are left to it
+    assert sorted(rules[name]) == ["None"] * 4 + [RULE_NAME]
+    np.testing.assert_array_equal(run_relax(marked, x)[0], run_relax(fused, x)[0])
+
+
+def test_nchw_and_dense_conv_kernels_are_left_to_metaschedule():
+    fused, _ = _module("NCHW", 1)
+    assert not any(_rules(depthwise_rule()(fused)).values())
+
+
+def _depthwise_kernel(stride: int, width: int = 10) -> tvm.IRModule:
+    marked = depthwise_rule()(_module("NHWC", stride, width)[0])
+    (name,) = [name for name, annotations in _rules(marked).items() if RULE_NAME in annotations]
+    return tvm.IRModule({"main": marked[name].with_attr("global_symbol", "main")})
+
+
+def _run(module: tvm.IRModule, target: tvm.target.Target, args: list[np.ndarray]) -> np.ndarray:
+    tensors = [tvm.runtime.tensor(a) for a in args[:-1]] + [tvm.runtime.tensor(np.zeros_like(args[-1]))]
+    tvm.compile(module, target=target)["main"](*tensors)
+    return tensors[-1].numpy()
+
+
+@pytest.mark.parametrize(("stride", "width"), [(1, 10), (2, 10), (1, 7)])
+def test_design_space_applies_the_rule_and_computes_what_the_kernel_does(stride, width):
+    """MetaSchedule's design space for the kernel is the rule's: taps over register tiles, channels
+    vectorized, no padded copy of the input; sampled schedules match the unscheduled kernel."""
+    from tvm.s_tir import meta_schedule as ms
+
+    kernel = _depthwise_kernel(stride, width)
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 2})
+    rng = np.random.default_rng(0)
+    shapes = [[int(d) for d in info.shape] for info in ms.arg_info.ArgInfo.from_prim_func(kernel["main"])]
+    args = [rng.standard_normal(shape).astype("float32") for shape in shapes]
+    expected = _run(kernel, target, args)
+    assert 0 < (expected > 0).mean() < 1 and (expected < 6).any()  # ReLU6 neither all-zero nor saturated
+    for seed in range(3):
+        (space,) = ms.TuneContext(mod=kernel, target=target, space_generator="post-order-apply", task_name="dw",
+                                  rand_state=seed).generate_design_space()
+        script = space.mod.script()
+        assert "T.vectorized" in script and "T.parallel" in script
+        assert "pad_temp" not in script  # the padding is read in place
+        np.testing.assert_allclose(_run(space.mod, target, args), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("mcpu", "lanes"), [("haswell", 8), ("cascadelake", 16)])
+def test_rule_vectorizes_at_the_width_of_the_target_in_scope(mcpu, lanes):
+    sch = tvm.s_tir.Schedule(_depthwise_kernel(1)["main"])
+    with tvm.target.Target({"kind": "llvm", "mcpu": mcpu}):
+        _depthwise_rule(sch, sch.get_sblock("group_conv2d_nhwc"))
+    for block in ("group_conv2d_nhwc", "T_minimum"):
+        innermost = sch.get(sch.get_loops(sch.get_sblock(block))[-1])
+        assert (innermost.kind, int(innermost.extent)) == (tvm.tirx.ForKind.VECTORIZED, lanes), block
