@@ -80,9 +80,11 @@ def _annotate(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
 
 def _is_depthwise(block: Any) -> bool:
     kinds = [int(iv.iter_type) for iv in block.iter_vars]
-    extents = [int(iv.dom.extent) for iv in block.iter_vars]
-    # (n, h, w, c) spatial, then (kh, kw, one input channel per group), accumulated in float32
-    return (kinds == [_SPATIAL] * 4 + [_REDUCTION] * 3 and extents[-1] == 1
+    extents = [iv.dom.extent for iv in block.iter_vars]
+    # (n, h, w, c) spatial, then (kh, kw, one input channel per group), accumulated in float32; the
+    # rule samples tiles of the width and the channels, so those must be static (the batch may not be)
+    static = all(isinstance(extent, tvm.tirx.IntImm) for extent in extents[2:])
+    return (kinds == [_SPATIAL] * 4 + [_REDUCTION] * 3 and static and int(extents[-1]) == 1
             and [region.source.dtype for region in block.writes] == ["float32"])
 
 
