@@ -56,6 +56,7 @@ def test_only_the_nhwc_depthwise_kernel_gets_the_rule_and_outputs_are_unchanged(
     # its conv carries the rule; the padding and the epilogue (bias, max, min) are left to it
     assert sorted(rules[name]) == ["None"] * 4 + [RULE_NAME]
     np.testing.assert_array_equal(run_relax(marked, x)[0], run_relax(fused, x)[0])
+    assert not any(_rules(fused).values())  # the pass left its input module as it was
 
 
 def test_nchw_and_dense_conv_kernels_are_left_to_metaschedule():
