@@ -37,7 +37,7 @@ _BACKENDS: dict[str, Callable[[], Any]] = {
 # Target kinds whose tuned kernels may choose their own weight layout (MetaSchedule's layout rewrite):
 # on CPUs a kernel that reads weights in the order its loops walk them is what makes conv fast.
 _WEIGHT_PREPACK_KINDS = frozenset({"llvm"})
-# Target kinds for which edgec registers its own MetaSchedule rules for kernels TVM's rules schedule poorly
+# Target kinds whose kernels edgec marks for its own MetaSchedule rules (those TVM's rules schedule poorly)
 _CPU_RULE_KINDS = frozenset({"llvm"})
 # The phase that fuses operators into kernels (its kernel count before and after goes to the manifest)
 FUSION_PHASE = "legalize-fuse"

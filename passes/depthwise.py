@@ -1,7 +1,8 @@
 """Depthwise convolutions on CPUs: edgec's MetaSchedule rule for NHWC depthwise kernels.
 
-A depthwise 3x3 convolution does 9 multiply-adds per output and moves one input and one output value,
-so its speed is how few instructions each output vector costs and how few passes over memory it makes. MetaSchedule's generic rules tile it
+A depthwise 3x3 convolution does 9 multiply-adds per output and moves one input and one output
+value, so its speed is how few instructions each output vector costs and how few passes over memory
+it makes. MetaSchedule's generic rules tile it
 like a dense convolution and keep the zero padding as a separate copy of the whole input. edgec's rule
 computes it as register tiles instead: per (row, block of channels), for every run of `pixels` output
 pixels, `pixels` x lanes accumulators take the taps unrolled (9 for 3x3), each tap one vector load of
@@ -25,7 +26,8 @@ from tvm import s_tir
 from passes.cpu_lanes import split_lanes
 
 RULE_NAME = "edgec_depthwise_nhwc"
-_DEPTHWISE_BLOCKS = ("group_conv2d_nhwc", "depthwise_conv2d_nhwc")
+# Relax legalizes every conv2d through TOPI's `conv`, whose grouped NHWC block has this name
+_DEPTHWISE_BLOCK = "group_conv2d_nhwc"
 _SPATIAL, _REDUCTION = 0, 2
 # Register tile: at most this many output pixels by one vector of channels per tap
 _MAX_PIXELS = 8
@@ -37,13 +39,14 @@ def depthwise_rule() -> tvm.transform.Pass:
     """Mark NHWC float depthwise-convolution kernels for edgec's depthwise schedule rule.
 
     Needs: kernels after TVM's legalization and fusion (FuseTIR), for an LLVM (CPU) target: the rule
-    is registered for CPUs only. Guarantees: a kernel whose only reduction is a depthwise conv
-    (one input channel per group, NHWC, float32), fed by its padding and followed only by elementwise
-    blocks, carries `schedule_rule` annotations (the rule on the conv, "None" on the others); every
-    other kernel and all numerics are unchanged.
+    is registered for CPUs only. Guarantees: a kernel whose only reduction is a depthwise conv (one
+    input and one output channel per group, NHWC, float32, static width and channels), fed by its
+    padding and followed by at least one block without a reduction (bias, activation, residual
+    add), carries `schedule_rule` annotations (the rule on the conv, "None" on the others); every
+    other kernel, the input module and all numerics are unchanged.
     """
 
-    @tvm.transform.module_pass(opt_level=0, name="edgec.DepthwiseRule")
+    @tvm.transform.module_pass(opt_level=0, name="depthwise_rule")
     def transform(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         updates = {}
         for gv, func in mod.functions.items():
@@ -63,13 +66,16 @@ def depthwise_rule() -> tvm.transform.Pass:
 def _annotate(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
     sch = s_tir.Schedule(func)
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    convs = [b for b in blocks if sch.get(b).name_hint.startswith(_DEPTHWISE_BLOCKS)]
+    convs = [b for b in blocks if sch.get(b).name_hint.startswith(_DEPTHWISE_BLOCK)]
     if len(convs) != 1 or not _is_depthwise(sch.get(convs[0])):
         return None
     conv = convs[0]
     pads = sch.get_producers(conv)
     epilogue = _consumer_chain(sch, conv)
     if len(pads) != 1 or sch.get_producers(pads[0]) or not epilogue:
+        return None
+    # one output channel per input channel: with a channel multiplier each tap would be a gather
+    if int(sch.get(pads[0]).iter_vars[-1].dom.extent) != int(sch.get(conv).iter_vars[3].dom.extent):
         return None
     others = [b for b in blocks if not sch.get(b).same_as(sch.get(conv))]
     if len(others) != 1 + len(epilogue) or any(_has_reduction(sch.get(b)) for b in others):
@@ -84,7 +90,7 @@ def _is_depthwise(block: Any) -> bool:
     kinds = [int(iv.iter_type) for iv in block.iter_vars]
     extents = [iv.dom.extent for iv in block.iter_vars]
     # (n, h, w, c) spatial, then (kh, kw, one input channel per group), accumulated in float32; the
-    # rule samples tiles of the width and the channels, so those must be static (the batch may not be)
+    # rule samples tiles of the width and the channels, so those must be static (batch and height need not)
     static = all(isinstance(extent, tvm.tirx.IntImm) for extent in extents[2:])
     return (kinds == [_SPATIAL] * 4 + [_REDUCTION] * 3 and static and int(extents[-1]) == 1
             and [region.source.dtype for region in block.writes] == ["float32"])
