@@ -1,4 +1,4 @@
-"""Shared test helpers: run a Relax module on the host CPU; drive the `edgec` command."""
+"""Shared test helpers: run a Relax module or one kernel on the host CPU; drive the `edgec` command."""
 
 from __future__ import annotations
 
@@ -11,6 +11,25 @@ def run_relax(mod, *inputs: np.ndarray) -> list[np.ndarray]:
 
     names = [param.name for param in mod["main"].params]
     return next(run_on_host(mod, [dict(zip(names, inputs))]))
+
+
+def fuse_for_cpu(mod):
+    """`mod` legalized to TIR and fused into kernels as a CPU compile does it (TVM's `legalize-fuse` phase)."""
+    import tvm
+    from tvm import relax
+
+    with tvm.target.Target({"kind": "llvm"}) as target:
+        return tvm.transform.Sequential(list(relax.backend.cpu_generic.pipeline.legalize_passes(target)))(mod)
+
+
+def run_kernel(module, target, args: list[np.ndarray]) -> np.ndarray:
+    """Build a one-kernel module (`main`) for `target` and run it: `args` are its inputs then an
+    output of the right shape, whose computed value is returned."""
+    import tvm
+
+    tensors = [tvm.runtime.tensor(a) for a in args[:-1]] + [tvm.runtime.tensor(np.zeros_like(args[-1]))]
+    tvm.compile(module, target=target)["main"](*tensors)
+    return tensors[-1].numpy()
 
 
 def op_names(mod) -> set[str]:

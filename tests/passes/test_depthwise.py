@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 import tvm
-from tvm import relax
 
 from compiler.frontends import import_torch_module
 from passes import LayoutConfig, convert_layout, depthwise_rule, simplify_for_inference
 from passes.depthwise import RULE_NAME, _depthwise_rule
 from targets.registry import cpu_flags
+from tests.helpers import fuse_for_cpu, run_kernel
 
 
 class _InvertedResidual(torch.nn.Module):
@@ -36,9 +36,7 @@ def _module(layout: str, stride: int, width: int = 10, variant: str = "depthwise
     net = _InvertedResidual(8, 32, stride, variant).eval()
     x = torch.randn(1, 8, 9, width)
     mod = convert_layout(LayoutConfig(layout))(simplify_for_inference()(import_torch_module(net, (x,)).mod))
-    with tvm.target.Target({"kind": "llvm"}) as target:
-        fused = tvm.transform.Sequential(list(relax.backend.cpu_generic.pipeline.legalize_passes(target)))(mod)
-    return fused, x.numpy()
+    return fuse_for_cpu(mod), x.numpy()
 
 
 def _rules(mod) -> dict[str, list[str]]:
@@ -78,12 +76,6 @@ def _depthwise_kernel(stride: int, width: int = 10) -> tvm.IRModule:
     return tvm.IRModule({"main": marked[name].with_attr("global_symbol", "main")})
 
 
-def _run(module: tvm.IRModule, target: tvm.target.Target, args: list[np.ndarray]) -> np.ndarray:
-    tensors = [tvm.runtime.tensor(a) for a in args[:-1]] + [tvm.runtime.tensor(np.zeros_like(args[-1]))]
-    tvm.compile(module, target=target)["main"](*tensors)
-    return tensors[-1].numpy()
-
-
 @pytest.mark.parametrize("mcpu", ["haswell", "cascadelake"])  # 8 and 16 lanes
 @pytest.mark.parametrize(("stride", "width"), [(1, 10), (2, 10), (1, 7)])
 def test_design_space_applies_the_rule_and_computes_what_the_kernel_does(stride, width, mcpu):
@@ -101,7 +93,7 @@ def test_design_space_applies_the_rule_and_computes_what_the_kernel_does(stride,
     rng = np.random.default_rng(0)
     shapes = [[int(d) for d in info.shape] for info in ms.arg_info.ArgInfo.from_prim_func(kernel["main"])]
     args = [rng.standard_normal(shape).astype("float32") for shape in shapes]
-    expected = _run(kernel, target, args)
+    expected = run_kernel(kernel, target, args)
     assert 0 < (expected > 0).mean() < 1 and (expected < 6).any()  # ReLU6 neither all-zero nor saturated
     for seed in range(3):
         context = ms.TuneContext(mod=kernel, target=target, space_generator="post-order-apply", task_name="dw",
@@ -112,7 +104,7 @@ def test_design_space_applies_the_rule_and_computes_what_the_kernel_does(stride,
         assert "T.vectorized" in script and "T.parallel" in script
         assert "pad_temp" not in script  # the padding is read in place
         assert all(postproc.apply(space) for postproc in context.space_generator.postprocs)
-        np.testing.assert_allclose(_run(space.mod, target, args), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(run_kernel(space.mod, target, args), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("mcpu", "lanes"), [("haswell", 8), ("cascadelake", 16)])

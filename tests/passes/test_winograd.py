@@ -10,7 +10,7 @@ from compiler.errors import EdgecError
 from compiler.frontends import import_torch_module
 from passes import simplify_for_inference
 from passes.winograd import WinogradConfig, layer_tile, transform_weight, winograd_conv2d
-from tests.helpers import op_names, run_relax
+from tests.helpers import fuse_for_cpu, op_names, run_kernel, run_relax
 
 
 class _Residual(torch.nn.Module):
@@ -178,8 +178,7 @@ def test_nhwc_convs_become_winograd_and_outputs_match(residual, residual_nhwc, t
 
 
 def _fused_winograd_kernels(mod):
-    with tvm.target.Target({"kind": "llvm"}) as target:
-        fused = tvm.transform.Sequential(list(relax.backend.cpu_generic.pipeline.legalize_passes(target)))(mod)
+    fused = fuse_for_cpu(mod)
     return fused, sorted(gv.name_hint for gv in fused.get_global_vars() if "winograd" in gv.name_hint)
 
 
@@ -198,17 +197,11 @@ def test_nhwc_schedule_rules_give_vectorized_transforms_that_compute_the_same(re
     rng = np.random.default_rng(0)
     shapes = [[int(d) for d in info.shape] for info in ms.arg_info.ArgInfo.from_prim_func(kernel["main"])]
     args = [rng.standard_normal(shape).astype("float32") for shape in shapes]
-
-    def run(module):
-        tensors = [tvm.runtime.tensor(a) for a in args[:-1]] + [tvm.runtime.tensor(np.zeros(shapes[-1], "float32"))]
-        tvm.compile(module, target=target)["main"](*tensors)
-        return tensors[-1].numpy()
-
-    expected = run(kernel)
+    expected = run_kernel(kernel, target, args)
     assert spaces
     for space in spaces:
         assert space.mod.script().count("T.vectorized") >= 3  # input gather, data_pack and inverse at least
-        np.testing.assert_allclose(run(space.mod), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(run_kernel(space.mod, target, args), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("mcpu", "lanes"), [("haswell", 8), ("cascadelake", 16)])
