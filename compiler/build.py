@@ -96,9 +96,10 @@ def _warn_untuned(tuning: TuningSummary | None, preset: Preset) -> None:
     if tuning is None or tuning.tuned == tuning.tasks:
         return
     names = ", ".join(tuning.untuned[:3]) + (", ..." if len(tuning.untuned) > 3 else "")
+    databases = ", ".join(tuning.databases.values())
     logging.getLogger("edgec.tuning").warning(
         "%d of %d kernels have no tuning record in %s and use default schedules (%s); tune them with: "
-        "edgec tune MODEL --target %s", tuning.tasks - tuning.tuned, tuning.tasks, tuning.database, names, preset.name)
+        "edgec tune MODEL --target %s", tuning.tasks - tuning.tuned, tuning.tasks, databases, names, preset.name)
 
 
 def _device_code(preset: Preset) -> dict[str, str]:

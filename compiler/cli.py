@@ -80,7 +80,8 @@ RpcKeyOption = Annotated[Optional[str], typer.Option("--rpc-key", help="Device k
 RpcOption = Annotated[Optional[str], typer.Option("--rpc", help="HOST:PORT of one RPC server, without a tracker.")]
 TimeoutOption = Annotated[float, typer.Option("--timeout", help="Seconds to wait for the tracker, a free device and its session.")]
 InputShapeOption = Annotated[Optional[list[str]], typer.Option("--input-shape", help="NAME=1x3x224x224 for inputs with symbolic dims; repeatable.")]
-TuningLogOption = Annotated[Path, typer.Option("--tuning-log", help="Root of the tuning databases, one per preset in DIR/<preset>/ (or a database directory itself); relative to the working directory.")]
+TuningLogOption = Annotated[Optional[Path], typer.Option("--tuning-log", help="Root of the tuning databases, one per preset in DIR/<preset>/ (or a database directory itself); default: your own, $EDGEC_TUNING_DIR or ~/.local/share/edgec/tuning_logs.")]
+ExtraTuningLogOption = Annotated[Optional[Path], typer.Option("--tuning-log", help="Also read the tuning databases in DIR/<preset>/ (or a database directory itself), besides the shipped ones and your own.")]
 
 
 @contextlib.contextmanager
@@ -92,7 +93,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except EdgecError as err:
-        console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        console.print(Text.assemble(("error:", "bold red"), f" {err}"), soft_wrap=True)  # no markup: "[torch]" stays
         raise typer.Exit(2) from None
     finally:
         logger.removeHandler(handler)
@@ -110,7 +111,7 @@ def compile_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Artifact directory to write (replaced atomically).")],
     input_shape: InputShapeOption = None,
     dump_ir: Annotated[Optional[Path], typer.Option("--dump-ir", help="Write the IR after each pipeline phase into this directory.")] = None,
-    tuning_log: TuningLogOption = Path("tuning_logs"),
+    tuning_log: ExtraTuningLogOption = None,
     untuned: Annotated[bool, typer.Option("--untuned", help="Ignore tuning records: every kernel gets TVM's default schedule.")] = False,
     quantize: QuantizeOption = None,
     calibration_data: CalibrationDataOption = None,
@@ -126,10 +127,12 @@ def compile_command(
 ) -> None:
     """Compile MODEL for a target into an artifact directory (library + manifest.json).
 
-    Kernels with records in the preset's tuning database (see `edgec tune`) get their tuned schedule.
+    Kernels with records get their tuned schedule: the best record among the shipped databases, your
+    own (see `edgec tune`) and --tuning-log's.
     """
     from compiler.build import CompileOptions, check_toolchain, compile_model
     from compiler.frontends import load_model, parse_input_shape
+    from compiler.tuning_db import RecordSources
     from targets import resolve_target
 
     with user_errors():
@@ -140,7 +143,8 @@ def compile_command(
                                     calibration_method, percentile, keep_float, eval_data, max_accuracy_drop)
         with console.status(f"importing {model.name}"):
             imported = load_model(model, shapes)
-        config = graph.pipeline_config(imported, dump_ir=dump_ir, tuning_log=None if untuned else tuning_log)
+        sources = None if untuned else RecordSources(extra=tuning_log)
+        config = graph.pipeline_config(imported, dump_ir=dump_ir, tuning_log=sources)
         with console.status(f"compiling for {preset.name}"):
             manifest = compile_model(imported, CompileOptions(preset, config, graph.accuracy_guard(imported)), output)
     execution = manifest.target["execution"]
@@ -148,7 +152,14 @@ def compile_command(
     _print_pass_reports(manifest)
     if manifest.tuning is not None:
         tuning = manifest.tuning
-        typer.echo(f"tuning: {tuning['tuned']} of {tuning['tasks']} kernels tuned (records: {tuning['database']})")
+        typer.echo(f"tuning: {tuning['tuned']} of {tuning['tasks']} kernels tuned ({_record_sources(tuning)})")
+
+
+def _record_sources(tuning: dict) -> str:
+    """`28 from shipped DIR, 2 from user DIR, 0 from --tuning-log DIR`: every database read, in order."""
+    names = {"shipped": "shipped", "user": "user"}
+    return ", ".join(f"{count} from {names.get(label, '--tuning-log')} {tuning['databases'][label]}"
+                     for label, count in tuning["tuned_from"].items())
 
 
 @dataclass(frozen=True)
@@ -252,7 +263,7 @@ def tune_command(
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Minutes: no new batch of measurements starts after this; what was measured is kept.")] = None,
     trials_per_iter: Annotated[int, typer.Option("--trials-per-iter", help="Candidates per measured batch; every untuned kernel gets at least one batch.")] = 16,
     population: Annotated[int, typer.Option("--population", help="Schedules the evolutionary search evolves per batch: fewer search faster and less thoroughly.")] = 512,
-    tuning_log: TuningLogOption = Path("tuning_logs"),
+    tuning_log: TuningLogOption = None,
     rpc_tracker: RpcTrackerOption = None,
     rpc_key: RpcKeyOption = None,
     timeout: TimeoutOption = 60.0,
@@ -271,7 +282,10 @@ def tune_command(
     refine: Annotated[bool, typer.Option("--refine", help="Also tune kernels that already have records, starting from their best schedules (for more trials per kernel).")] = False,
     history: Annotated[Optional[Path], typer.Option("--history", help="Append one JSON line per measured batch (seconds, trials, estimated latency) to this file.")] = None,
 ) -> None:
-    """Tune MODEL's kernels for a target with MetaSchedule, here or on an RPC device; records go to tuning_logs/<preset>/.
+    """Tune MODEL's kernels for a target with MetaSchedule, here or on an RPC device; records go to your own database.
+
+    Your database: --tuning-log DIR, else $EDGEC_TUNING_DIR, else $XDG_DATA_HOME/edgec/tuning_logs
+    (~/.local/share/edgec/tuning_logs), one directory per preset; `edgec compile` reads it.
 
     Records are written after every batch, and kernels that have one are skipped (unless --refine): a
     stopped run resumes.
@@ -307,19 +321,19 @@ def tune_command(
 @app.command("compact-records")
 def compact_records_command(
     target: Annotated[str, typer.Option("--target", "-t", help="Preset whose database to compact.")],
-    tuning_log: TuningLogOption = Path("tuning_logs"),
+    tuning_log: TuningLogOption = None,
     keep_models: Annotated[Optional[list[Path]], typer.Option("--keep-models", help="Model files (.onnx, .pt2; repeatable): keep only the kernels these models use, as compiled with the preset's defaults, and drop every other workload.")] = None,
 ) -> None:
     """Keep only the best record of every kernel in a preset's tuning database (small enough to ship)."""
     from compiler.frontends import load_model
     from compiler.pipeline import PipelineConfig
     from compiler.tuning import model_kernels
-    from compiler.tuning_db import compact, database_dir, open_for_tuning, used_workload_hashes
+    from compiler.tuning_db import compact, database_dir, open_for_tuning, used_workload_hashes, user_root
     from targets import resolve_target
 
     with user_errors():
         preset = resolve_target(target)
-        directory = database_dir(tuning_log, preset)
+        directory = database_dir(tuning_log or user_root(), preset)
         if not directory.is_dir():
             raise EdgecError(f"no tuning database at {directory}; tune first with: edgec tune MODEL --target {preset.name}")
         keep = None
@@ -340,7 +354,7 @@ def remeasure_records_command(
     target: Annotated[str, typer.Option("--target", "-t", help="Preset whose database to re-measure (its code must run here).")],
     top: Annotated[int, typer.Option("--top", help="Records per kernel to time again: its fastest by their stored times.")] = 8,
     rounds: Annotated[int, typer.Option("--rounds", help="Interleaved rounds: every record is timed once per round.")] = 5,
-    tuning_log: TuningLogOption = Path("tuning_logs"),
+    tuning_log: TuningLogOption = None,
 ) -> None:
     """Time every kernel's best records again side by side, here, and keep only those, with their new times.
 
@@ -610,6 +624,22 @@ def targets_command(
     for preset in presets:
         execution = preset.execution_here()
         typer.echo(f"{preset.name:22} {preset.triple:22} {execution.mode:13} {preset.layout:5} {preset.description}")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from compiler import __version__
+
+        typer.echo(f"edgec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print edgec's version and exit.")] = False,
+) -> None:
+    """Compile PyTorch and ONNX models into fast libraries for a specific edge device."""
 
 
 def main() -> None:

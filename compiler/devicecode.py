@@ -31,7 +31,8 @@ NVCC_FLAGS = (
 def require_nvcc() -> str:
     nvcc = shutil.which("nvcc")
     if nvcc is None:
-        raise ToolchainError("nvcc is not installed, so CUDA device code cannot be compiled; install the CUDA toolkit (apt-get install nvidia-cuda-toolkit)")
+        raise ToolchainError("nvcc is not installed, so CUDA device code cannot be compiled; install it with: "
+                             "apt-get install nvidia-cuda-toolkit (or NVIDIA's CUDA toolkit, with its bin/ on PATH)")
     return nvcc
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from compiler.artifact import sha256_file
 from compiler.errors import InputError
-from compiler.frontends import TensorSpec
+from compiler.frontends import TensorSpec, require_framework
 
 LABEL_KEY = "label"
 Runner = Callable[[Mapping[str, np.ndarray]], Sequence[np.ndarray]]
@@ -124,7 +124,7 @@ def reference_runner(model: Path, specs: Sequence[TensorSpec]) -> Runner:
         session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
         return lambda inputs: session.run(None, dict(inputs))
     if model.suffix.lower() == ".pt2":
-        import torch
+        torch = require_framework("torch")
 
         program = torch.export.load(str(model)).module()
         order = [spec.name for spec in specs]

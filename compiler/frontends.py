@@ -99,7 +99,7 @@ def load_model(path: Path, input_shapes: InputShapes | None = None) -> ImportedM
 
 
 def _read_onnx(path: Path) -> onnx.ModelProto:
-    onnx = _require("onnx")
+    onnx = require_framework("onnx")
     try:
         return onnx.load(str(path))
     except Exception as err:  # protobuf raises its own DecodeError; any failure means "not ONNX"
@@ -264,7 +264,7 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _read_pt2(path: Path) -> torch.export.ExportedProgram:
-    torch = _require("torch")
+    torch = require_framework("torch")
     try:
         return torch.export.load(str(path))
     except Exception as err:  # zipfile, pickle and torch errors all mean "not a saved ExportedProgram"
@@ -273,7 +273,7 @@ def _read_pt2(path: Path) -> torch.export.ExportedProgram:
 
 def import_torch_module(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) -> ImportedModel:
     """Export an `nn.Module` in eval mode with `torch.export` at the example inputs' shapes, then import it."""
-    torch = _require("torch")
+    torch = require_framework("torch")
     program = torch.export.export(module.eval(), tuple(example_inputs))
     return import_exported_program(program, ModelSource("torch"))
 
@@ -303,7 +303,7 @@ def _check_torch_operators(program: torch.export.ExportedProgram) -> None:
 
 
 def _torch_inputs(program: torch.export.ExportedProgram) -> tuple[TensorSpec, ...]:
-    torch = _require("torch")
+    torch = require_framework("torch")
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
     specs = []
     for name in program.graph_signature.user_inputs:
@@ -335,13 +335,19 @@ def _relax_outputs(mod: tvm.IRModule, names: Sequence[str]) -> tuple[TensorSpec,
     return tuple(specs)
 
 
-def _require(package: str) -> Any:
+# What to install for a framework that is not a dependency of edgec itself
+_INSTALL_HINTS = {"torch": "pip install 'edgec[torch]'"}
+
+
+def require_framework(package: str) -> Any:
+    """Import a framework on first use; a missing one is a one-line error saying what to install."""
     import importlib
 
     try:
         return importlib.import_module(package)
     except ImportError as err:
-        raise ModelImportError(f"this model needs the '{package}' package: pip install {package}") from err
+        hint = _INSTALL_HINTS.get(package, f"pip install {package}")
+        raise ModelImportError(f"this model needs the '{package}' package: {hint}") from err
 
 
 def _first_line(err: BaseException) -> str:

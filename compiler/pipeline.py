@@ -21,6 +21,7 @@ import tvm.relax.backend.cpu_generic.pipeline  # noqa: F401  (pass lists live in
 import tvm.relax.backend.cuda.pipeline  # noqa: F401
 import tvm.relax.backend.gpu_generic.pipeline  # noqa: F401
 
+from compiler.tuning_db import RecordSources
 from passes import (LayoutConfig, PruneConfig, QuantizeConfig, WinogradConfig, convert_layout, depthwise_rule,
                     lower_qdq_to_integer, prune_channels, quantize_int8, simplify_for_inference, winograd_conv2d)
 
@@ -48,9 +49,9 @@ class PipelineConfig:
     """What the user asked of the pipeline; each optional pass reads its settings here."""
 
     dump_ir: Path | None = None
-    # Root of the tuning databases, one per preset (`<root>/<preset>/`, see compiler/tuning_db.py);
-    # relative paths are relative to the working directory. None: ignore tuning records.
-    tuning_log: Path | None = Path("tuning_logs")
+    # The tuning databases to read (compiler/tuning_db.py): shipped + the user's + an optional
+    # --tuning-log DIR, one database per preset in each. None: ignore tuning records (--untuned).
+    tuning_log: RecordSources | None = RecordSources()
     prune: PruneConfig | None = None  # --prune RATIO [--prune-criterion]
     layout: LayoutConfig | None = None  # --layout; None: the preset's (see for_preset), else NCHW
     quantize: QuantizeConfig | None = None  # --quantize int8 with its calibration data

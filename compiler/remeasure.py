@@ -36,7 +36,7 @@ class RemeasureOptions:
     preset: Preset
     top_k: int = 8  # records per kernel timed again (its fastest by their stored times)
     rounds: int = 5  # each record is timed once per round
-    tuning_log: Path = Path("tuning_logs")
+    tuning_log: Path | None = None  # root of the per-preset databases; None: tuning_db.user_root()
     build_workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
     build_timeout_s: float = 60.0
 
@@ -83,7 +83,7 @@ def remeasure_records(options: RemeasureOptions, on_progress: ProgressCallback |
         raise TuningError(f"records are re-measured on this machine, and {preset.name} code cannot run here "
                           f"({execution.reason})")
     target = preset.tvm_target()
-    directory = tuning_db.database_dir(options.tuning_log, preset)
+    directory = tuning_db.database_dir(options.tuning_log or tuning_db.user_root(), preset)
     if not (directory / tuning_db.WORKLOADS).is_file():
         raise TuningError(f"no tuning database at {directory}; tune first with: edgec tune MODEL --target {preset.name}")
     configure_threads()  # the records are timed in this process, on every core, as models run

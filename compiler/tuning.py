@@ -59,7 +59,7 @@ class TuneOptions:
     trials: int | None = None  # None: DEFAULT_TRIALS_PER_TASK per task, or unbounded with a time budget
     time_budget_s: float | None = None  # no new batch starts after this many seconds of the run
     trials_per_iter: int = 16  # candidates per measured batch (MetaSchedule's num_trials_per_iter)
-    tuning_log: Path = Path("tuning_logs")  # root of the per-preset databases (tuning_db.database_dir)
+    tuning_log: Path | None = None  # root of the per-preset databases written; None: tuning_db.user_root()
     remote: RemoteSpec | None = None  # measure on an RPC server through a tracker instead of here
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     build_workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
@@ -149,7 +149,7 @@ def tune_model(model: ImportedModel, options: TuneOptions, on_progress: Progress
     pipeline, _ = guard_quantization(model.mod, options.pipeline.for_preset(options.preset), options.accuracy_guard)
     mod = run_to_tuning_point(model.mod, target, pipeline)
     tasks = ms.relax_integration.extract_tasks(mod, target)
-    directory = tuning_db.database_dir(options.tuning_log, options.preset)
+    directory = tuning_db.database_dir(options.tuning_log or tuning_db.user_root(), options.preset)
     stopped, log_file = None, None
     with tuning_db.open_for_tuning(directory, target) as database:
         progress = [_task_progress(task, database, target, options.refine) for task in tasks]

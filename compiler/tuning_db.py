@@ -1,7 +1,13 @@
 """Tuning records on disk: one MetaSchedule JSON database per target preset, checked before use.
 
-Layout: `<root>/<preset>/` (root `tuning_logs/` by default, relative to the working directory) holds
-MetaSchedule's two JSON-lines files and edgec's `meta.json`:
+Where records live (`RecordSources`): the databases shipped inside the package (the top-level
+`tuning_logs/` of the repository, installed with the wheel; `shipped_root()`), the user's own
+(`user_root()`: $EDGEC_TUNING_DIR, else $XDG_DATA_HOME/edgec/tuning_logs, else
+~/.local/share/edgec/tuning_logs; `edgec tune` writes there by default) and a `--tuning-log DIR`.
+A compile reads every one of them that exists and is for its target, and gives each kernel the best
+record among them (MetaSchedule's UnionDatabase); `TuningSummary` says which database each came from.
+
+Layout: `<root>/<preset>/` holds MetaSchedule's two JSON-lines files and edgec's `meta.json`:
 
     database_workload.json        one line per task: [structural hash, serialized TIR module]
     database_tuning_record.json   one line per measured candidate: [workload line index, record]
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.resources
 import json
 import logging
 import os
@@ -43,6 +50,49 @@ RECORDS = "database_tuning_record.json"
 META = "meta.json"
 
 log = logging.getLogger("edgec.tuning")
+
+
+# ----------------------------------------------------------------------------------------- sources
+
+SHIPPED = "shipped"
+USER = "user"
+
+
+def shipped_root() -> Path:
+    """The records shipped with edgec: the `tuning_logs` package's directory (in the source tree or
+    installed from the wheel), whatever the working directory."""
+    return Path(str(importlib.resources.files("tuning_logs")))
+
+
+def user_root() -> Path:
+    """The user's own records: $EDGEC_TUNING_DIR, else $XDG_DATA_HOME/edgec/tuning_logs, else
+    ~/.local/share/edgec/tuning_logs."""
+    if os.environ.get("EDGEC_TUNING_DIR"):
+        return Path(os.environ["EDGEC_TUNING_DIR"]).expanduser()
+    data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data) / "edgec" / "tuning_logs"
+
+
+@dataclass(frozen=True)
+class RecordSources:
+    """Which tuning databases a compile reads: the shipped ones, the user's, and an extra root
+    (`--tuning-log DIR`, relative to the working directory). The user root is looked up when the
+    databases are opened, so $EDGEC_TUNING_DIR is read then."""
+
+    shipped: bool = True
+    user: bool = True
+    extra: Path | None = None
+
+    @classmethod
+    def only(cls, root: Path) -> RecordSources:
+        """Only the databases under `root` (for tests and scripts that tuned into a root of their own)."""
+        return cls(shipped=False, user=False, extra=Path(root))
+
+    def roots(self) -> list[tuple[str, Path]]:
+        """(label, root) in lookup order; label is "shipped", "user" or the extra path as given."""
+        roots = [(SHIPPED, shipped_root())] if self.shipped else []
+        roots += [(USER, user_root())] if self.user else []
+        return roots + ([(str(self.extra), Path(self.extra))] if self.extra is not None else [])
 
 
 # ------------------------------------------------------------------------------------------ layout
@@ -334,25 +384,59 @@ def is_tuned(database: ms.database.Database, task: ms.ExtractedTask, target: tvm
 class TuningSummary:
     """What a compile took from the tuning records; recorded in the manifest."""
 
-    database: str
+    databases: dict[str, str]  # label ("shipped", "user", a --tuning-log path) -> database directory read
     tasks: int
-    tuned: int
+    sources: dict[str, str]  # task name -> label of the database whose record it got (the best one)
     untuned: tuple[str, ...]  # names of the tasks compiled with default schedules
 
+    @property
+    def tuned(self) -> int:
+        return len(self.sources)
+
+    def tuned_from(self) -> dict[str, int]:
+        """Tuned kernels per database label, in the order the databases were read."""
+        counts = {label: 0 for label in self.databases}
+        for label in self.sources.values():
+            counts[label] += 1
+        return counts
+
     def to_json(self) -> dict[str, Any]:
-        return {"database": self.database, "tasks": self.tasks, "tuned": self.tuned}
+        return {"databases": self.databases, "tasks": self.tasks, "tuned": self.tuned,
+                "tuned_from": self.tuned_from(), "sources": self.sources}
+
+
+@dataclass(frozen=True)
+class OpenedDatabase:
+    label: str
+    directory: Path  # the database read (a repaired temporary copy of it is what is open)
+    database: ms.database.Database
 
 
 class TuningRecords:
-    """An opened database applied by the pipeline's "apply-tuning" phase.
+    """The opened databases, applied by the pipeline's "apply-tuning" phase as one: every kernel
+    gets the best record among them (MetaSchedule's UnionDatabase: lowest mean run time, the
+    earlier database on a tie).
 
-    The apply pass also counts which of the module's tasks the records cover (`summary`).
+    The apply pass also records which of the module's tasks the records cover and from which
+    database (`summary`).
     """
 
-    def __init__(self, directory: Path, database: ms.database.Database):
-        self.directory = Path(directory)
-        self.database = database
+    def __init__(self, opened: Sequence[OpenedDatabase]):
+        self.opened = tuple(opened)
+        self.database = ms.database.UnionDatabase(*(o.database for o in self.opened))
         self.summary: TuningSummary | None = None
+
+    def source(self, task: ms.ExtractedTask, target: tvm.target.Target) -> str | None:
+        """Label of the database whose record the union gives `task` (None: no record)."""
+        best: tuple[float, str] | None = None
+        for opened in self.opened:
+            record = opened.database.query_tuning_record(task.dispatched[0], target, task.task_name)
+            if record is None:
+                continue
+            mean = _mean_run_s(record)
+            if best is None or mean < best[0]:  # strict: the earlier database keeps a tie, as the union does
+                best = (mean, opened.label)
+        return None if best is None else best[1]
 
     def apply_pass(self) -> tvm.transform.Pass:
         """Give every PrimFunc with a record its best schedule; the rest keep the default lowering."""
@@ -361,41 +445,69 @@ class TuningRecords:
         def apply(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
             target = tvm.target.Target.current(allow_none=False)
             tasks = ms.relax_integration.extract_tasks(mod, target)
-            untuned = tuple(t.task_name for t in tasks if not is_tuned(self.database, t, target))
-            self.summary = TuningSummary(str(self.directory), len(tasks), len(tasks) - len(untuned), untuned)
+            labels = {t.task_name: self.source(t, target) for t in tasks}
+            self.summary = TuningSummary(
+                databases={o.label: str(o.directory) for o in self.opened},
+                tasks=len(tasks),
+                sources={name: label for name, label in labels.items() if label is not None},
+                untuned=tuple(name for name, label in labels.items() if label is None),
+            )
             with self.database:
                 return tvm.relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
 
         return apply
 
 
-@contextlib.contextmanager
-def open_for_compile(root: Path | None, preset: Preset, target: tvm.target.Target) -> Iterator[TuningRecords | None]:
-    """The preset's tuning records under `root`, or None when there are none that may be used.
+def _mean_run_s(record: ms.database.TuningRecord) -> float:
+    """A record's mean run time as MetaSchedule ranks records (no measurement: never the best)."""
+    run_secs = [float(v) for v in record.run_secs] if record.run_secs is not None else []
+    return sum(run_secs) / len(run_secs) if run_secs else float("inf")
 
-    The database is repaired into a temporary copy, so the tuning logs stay untouched.
+
+@contextlib.contextmanager
+def open_for_compile(sources: RecordSources | None, preset: Preset,
+                     target: tvm.target.Target) -> Iterator[TuningRecords | None]:
+    """The preset's tuning records from every database of `sources` that exists and is for this
+    target, or None when there are none (or `sources` is None: --untuned).
+
+    Each database is repaired into a temporary copy, so the tuning logs stay untouched. A directory
+    named twice (`--tuning-log` pointing at the shipped or user root) is read once, under its first label.
     """
-    directory = database_dir(root, preset) if root is not None else None
-    if directory is None or not (directory / WORKLOADS).is_file():
-        yield None
-        return
-    reason = foreign_reason(directory, target)
-    if reason is not None:
-        log.warning("ignoring the tuning records in %s: %s", directory, reason)
-        yield None
-        return
-    repaired = read_repaired(directory)
-    _warn_dropped(repaired, directory)
-    with tempfile.TemporaryDirectory(prefix="edgec-records-") as copy:
-        repaired.write(Path(copy))
-        try:
-            database = _open(Path(copy))
-        except (RuntimeError, ValueError) as err:  # what MetaSchedule's JSON reader raises
-            log.warning("ignoring the tuning records in %s: MetaSchedule cannot read them (%s)", directory, _last_line(err))
+    with contextlib.ExitStack() as stack:
+        opened, seen = [], set()
+        for label, root in (sources.roots() if sources is not None else []):
+            directory = database_dir(root, preset)
+            if directory.resolve() in seen:
+                continue
+            seen.add(directory.resolve())
+            database = _open_copy(directory, target, stack)
+            if database is not None:
+                opened.append(OpenedDatabase(label, directory, database))
+        if not opened:
             yield None
             return
         import_cpu_intrinsics()  # a record's trace may tensorize with them
-        yield TuningRecords(directory, database)
+        yield TuningRecords(opened)
+
+
+def _open_copy(directory: Path, target: tvm.target.Target, stack: contextlib.ExitStack) -> ms.database.Database | None:
+    """A repaired temporary copy of the database in `directory`, open; None (with a warning if it
+    is there but unusable) when it cannot be used for `target`."""
+    if not (directory / WORKLOADS).is_file():
+        return None
+    reason = foreign_reason(directory, target)
+    if reason is not None:
+        log.warning("ignoring the tuning records in %s: %s", directory, reason)
+        return None
+    repaired = read_repaired(directory)
+    _warn_dropped(repaired, directory)
+    copy = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgec-records-")))
+    repaired.write(copy)
+    try:
+        return _open(copy)
+    except (RuntimeError, ValueError) as err:  # what MetaSchedule's JSON reader raises
+        log.warning("ignoring the tuning records in %s: MetaSchedule cannot read them (%s)", directory, _last_line(err))
+        return None
 
 
 # ----------------------------------------------------------------------------------------- shared

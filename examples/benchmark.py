@@ -9,7 +9,8 @@ with the lowest and highest round ("(rounds)" columns): this machine's speed dri
 and engines do not slow down alike (compiler.bench.paired_latencies). Sections:
 
 - fp32: ResNet-18 and MobileNetV2 (224x224) compiled for the x86 preset (by default the most capable
-  one this CPU runs: x86-avx512, else x86-64) with the tuning records in tuning_logs/<preset>/,
+  one this CPU runs: x86-avx512, else x86-64) with the tuning records a compile reads (shipped in
+  tuning_logs/<preset>/, plus your own: compiler/tuning_db.py),
   against onnxruntime (CPU EP, default optimizations) and PyTorch eager; plus the fraction of this
   machine's fp32 peak (the fastest of PyTorch's and onnxruntime's 1024^3 and 2048^3 GEMMs) each model reaches
   (its direct-convolution FLOPs over its latency: Winograd does fewer multiplies, so it can pass
@@ -48,6 +49,7 @@ from compiler.build import CompileOptions, compile_model
 from compiler.frontends import load_model
 from compiler.pipeline import PipelineConfig, run_to_tuning_point
 from compiler.runtime import LocalModel
+from compiler.tuning_db import shipped_root
 from targets import X86_BY_CAPABILITY, Preset, first_native, resolve_target
 from passes import LayoutConfig, WinogradConfig
 
@@ -173,7 +175,7 @@ def fp32_section(work: Path, args) -> list[dict]:
         model, x_tensor = example_model(name)
         x = x_tensor.numpy()
         onnx_path = export_onnx(model, x_tensor, work / f"{name}.onnx")
-        with console.status(f"compiling {name} for {args.preset.name} with tuning_logs/"):
+        with console.status(f"compiling {name} for {args.preset.name} with its tuning records"):
             artifact = compile_onnx(onnx_path, work / f"{name}-fp32", args.preset)
         layout = _phase(artifact, "layout")["settings"]["layout"]
         other = {"NCHW": "NHWC", "NHWC": "NCHW"}[layout]  # the layout the preset did not choose, same Winograd choice
@@ -359,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.preset = resolve_target(args.target) if args.target else first_native(X86_BY_CAPABILITY)
     if args.histories is None:
-        args.histories = sorted(Path("tuning_logs", args.preset.name).glob("history-*.jsonl"))
+        args.histories = sorted((shipped_root() / args.preset.name).glob("history-*.jsonl"))
     console.print(f"target preset: {args.preset.name} ({args.preset.execution_here().reason})")
     torch.set_num_threads(THREADS)
     results = {}

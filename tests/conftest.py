@@ -72,3 +72,11 @@ def compiled(example, tmp_path_factory) -> Callable[[str, str, str], Path]:
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_tuning_database(tmp_path_factory):
+    """No test reads or writes the user's own tuning records: $EDGEC_TUNING_DIR is an empty directory."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEC_TUNING_DIR", str(tmp_path_factory.mktemp("user_tuning_logs")))
+        yield

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import collections
-
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -136,6 +136,8 @@ def test_arm_presets_cross_link_for_their_architecture(target, machine, executio
         LocalModel(artifact)
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None,
+                    reason="CUDA presets compile device code with nvcc: apt-get install nvidia-cuda-toolkit, or the CUDA toolkit")
 @pytest.mark.parametrize(
     ("target", "machine", "arch"),
     [("jetson-orin", "aarch64", "sm_87"), ("cuda-sm80", "x86_64", "sm_80"), ("cuda-sm90", "x86_64", "sm_90")],

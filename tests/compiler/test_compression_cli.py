@@ -37,7 +37,7 @@ def _evaluate(artifact, data) -> dict:
 
 def test_int8_compile_records_settings_and_layers_and_stays_accurate(example, digits_data, tmp_path):
     out = tmp_path / "int8"
-    printed = edgec("compile", example("digits").onnx, "-t", "host", "-o", out, "--tuning-log", tmp_path / "none",
+    printed = edgec("compile", example("digits").onnx, "-t", "host", "-o", out, "--untuned",
                     "--quantize", "int8", "--calibration-data", digits_data / "calibration.npz",
                     "--calibration-method", "entropy", "--keep-float", "matmul_0")
     assert "quantized: 3 layers int8 (entropy calibration), kept float: matmul_0" in printed
@@ -53,7 +53,7 @@ def test_int8_compile_records_settings_and_layers_and_stays_accurate(example, di
 
 def test_accuracy_guard_keeps_the_most_harmful_layers_in_float(example, digits_data, tmp_path):
     out = tmp_path / "guarded"
-    edgec("compile", example("digits").onnx, "-t", "host", "-o", out, "--tuning-log", tmp_path / "none",
+    edgec("compile", example("digits").onnx, "-t", "host", "-o", out, "--untuned",
           "--quantize", "int8", "--calibration-data", digits_data / "narrow.npz", "--calibration-method", "minmax",
           "--eval-data", digits_data / "eval.npz", "--max-accuracy-drop", "0.01")
     guard = _phase(_manifest(out), "quantize")["report"]["accuracy_guard"]
@@ -68,7 +68,7 @@ def test_accuracy_guard_keeps_the_most_harmful_layers_in_float(example, digits_d
 
 def test_prune_and_layout_are_recorded_with_kernel_counts(example, tmp_path):
     out = tmp_path / "pruned"
-    printed = edgec("compile", example("digits").onnx, "-t", "host", "-o", out, "--tuning-log", tmp_path / "none",
+    printed = edgec("compile", example("digits").onnx, "-t", "host", "-o", out, "--untuned",
                     "--prune", "0.5", "--prune-criterion", "l2", "--layout", "NHWC")
     manifest = _manifest(out)
     prune = _phase(manifest, "prune")
@@ -99,7 +99,7 @@ def test_bad_compression_options_are_one_line_and_write_nothing(example, digits_
     paths = {"calibration": digits_data / "calibration.npz", "eval": digits_data / "eval.npz",
              "wrong_shape": tmp_path / "wrong_shape.npz", "wrong_name": tmp_path / "wrong_name.npz"}
     out = tmp_path / "out"
-    error = one_line_error("compile", example("digits").onnx, "-t", "host", "-o", out, "--tuning-log", tmp_path / "none",
+    error = one_line_error("compile", example("digits").onnx, "-t", "host", "-o", out, "--untuned",
                            *[arg.format(**paths) for arg in extra])
     assert message in error
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
@@ -126,10 +126,10 @@ def test_winograd_settings_come_from_the_preset_or_the_flag(example, tmp_path):
                                               ("host", ("--layout", "NCHW", "--winograd"), True, "--winograd"),
                                               ("host", (), False, "preset")):
         out = tmp_path / f"{target}{''.join(flags)}"
-        edgec("compile", files.onnx, "-t", target, "-o", out, "--tuning-log", tmp_path / "none", *flags)
+        edgec("compile", files.onnx, "-t", target, "-o", out, "--untuned", *flags)
         phase = _phase(_manifest(out), "winograd")
         assert phase["settings"]["enabled"] == enabled and phase["settings"]["chosen_by"] == chosen_by
         assert phase.get("report", {}).get("winograd_layers", 0) == 0
-    printed = edgec("compile", files.onnx, "-t", "cortex-a72", "-o", tmp_path / "nhwc", "--tuning-log", tmp_path / "none",
+    printed = edgec("compile", files.onnx, "-t", "cortex-a72", "-o", tmp_path / "nhwc", "--untuned",
                     "--winograd")
     assert "winograd: no convolution qualifies (float, NCHW or NHWC, 3x3" in printed and "16 output tiles)" in printed

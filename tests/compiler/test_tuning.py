@@ -91,7 +91,8 @@ def copy_database(root: Path, tmp_path: Path) -> Path:
 
 
 def compile_with(model, host, root: Path | None, out: Path):
-    return compile_model(model, CompileOptions(host, PipelineConfig(tuning_log=root)), out)
+    sources = None if root is None else tuning_db.RecordSources.only(root)
+    return compile_model(model, CompileOptions(host, PipelineConfig(tuning_log=sources)), out)
 
 
 def run(artifact: Path, x: np.ndarray) -> np.ndarray:
@@ -290,10 +291,13 @@ def test_time_budget_stops_before_the_next_batch(model, host, tmp_path):
 def test_compile_applies_every_record_and_matches_the_untuned_build(tuned, onnx_file, model, tmp_path):
     root, _ = tuned
     out = edgec("compile", onnx_file, "--target", "host", "-o", tmp_path / "tuned", "--tuning-log", root)
-    assert f"tuning: {KERNELS} of {KERNELS} kernels tuned (records: {root / 'host'})" in out
+    assert f"tuning: {KERNELS} of {KERNELS} kernels tuned ({KERNELS} from --tuning-log {root / 'host'})" in out
     assert "warning" not in out
     manifest = json.loads((tmp_path / "tuned" / "manifest.json").read_text())
-    assert manifest["tuning"] == {"database": str(root / "host"), "tasks": KERNELS, "tuned": KERNELS}
+    tuning = manifest["tuning"]
+    assert {key: tuning[key] for key in ("databases", "tasks", "tuned", "tuned_from")} == {
+        "databases": {str(root): str(root / "host")}, "tasks": KERNELS, "tuned": KERNELS, "tuned_from": {str(root): KERNELS}}
+    assert len(tuning["sources"]) == KERNELS and set(tuning["sources"].values()) == {str(root)}
     assert "apply-tuning" in [p["phase"] for p in manifest["passes"]]
     edgec("compile", onnx_file, "--target", "host", "-o", tmp_path / "plain", "--tuning-log", root, "--untuned")
     assert json.loads((tmp_path / "plain" / "manifest.json").read_text())["tuning"] is None
@@ -306,10 +310,11 @@ def test_kernels_without_records_keep_default_schedules_with_one_warning(tuned, 
     directory = copy_database(root, tmp_path)
     records = [r for r in lines(directory / tuning_db.RECORDS) if json.loads(r)[0] == 0]  # one workload's only
     (directory / tuning_db.RECORDS).write_text("".join(r + "\n" for r in records))
-    config = PipelineConfig(tuning_log=tmp_path / "logs", dump_ir=tmp_path / "ir")
+    config = PipelineConfig(tuning_log=tuning_db.RecordSources.only(tmp_path / "logs"), dump_ir=tmp_path / "ir")
     with caplog.at_level(logging.WARNING, logger="edgec"):
         manifest = compile_model(model, CompileOptions(host, config), tmp_path / "partial")
-    assert manifest.tuning == {"database": str(directory), "tasks": KERNELS, "tuned": 1}
+    assert (manifest.tuning["databases"], manifest.tuning["tasks"], manifest.tuning["tuned"]) == (
+        {str(tmp_path / "logs"): str(directory)}, KERNELS, 1)
     applied = (tmp_path / "ir" / "09-apply-tuning.py").read_text()
     assert applied.count('"tirx.is_scheduled": True') == 1  # what was counted is what was applied
     warnings = [r.getMessage() for r in caplog.records]
@@ -318,6 +323,72 @@ def test_kernels_without_records_keep_default_schedules_with_one_warning(tuned, 
     plain = compile_with(model, host, None, tmp_path / "plain")
     assert plain.tuning is None
     assert np.abs(run(tmp_path / "partial", x) - run(tmp_path / "plain", x)).max() < 1e-4
+
+
+# --------------------------------------------------------------------- where records are found
+
+
+def test_user_database_is_env_var_else_xdg_data_home_else_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGEC_TUNING_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert tuning_db.user_root() == tmp_path / "mine"
+    monkeypatch.delenv("EDGEC_TUNING_DIR")
+    assert tuning_db.user_root() == tmp_path / "xdg" / "edgec" / "tuning_logs"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert tuning_db.user_root() == tmp_path / "home" / ".local" / "share" / "edgec" / "tuning_logs"
+
+
+def test_tune_writes_and_compile_reads_the_user_database(tuned, model, host, tmp_path, monkeypatch):
+    """$EDGEC_TUNING_DIR moves the user database: tune resumes there (nothing left to tune) and a
+    compile with no --tuning-log takes every record from it, saying so per kernel."""
+    root, _ = tuned
+    shutil.copytree(root, tmp_path / "mine")
+    monkeypatch.setenv("EDGEC_TUNING_DIR", str(tmp_path / "mine"))
+    again = tune_model(model, TuneOptions(host, **FAST))
+    assert again.database == tmp_path / "mine" / "host" and again.skipped == KERNELS
+    tuning = compile_model(model, CompileOptions(host), tmp_path / "out").tuning
+    assert tuning["databases"] == {"user": str(tmp_path / "mine" / "host")}  # no shipped records for host
+    assert tuning["tuned"] == KERNELS and set(tuning["sources"].values()) == {"user"}
+
+
+def test_every_kernel_gets_the_best_record_among_the_databases(tuned, onnx_file, model, host, tmp_path, monkeypatch):
+    """The same records in the user database and a --tuning-log one, except that one kernel's record
+    in the latter claims to be faster: that kernel's record comes from there, the rest from the
+    user's (the earlier database keeps a tie); --untuned reads none of them."""
+    root, _ = tuned
+    shutil.copytree(root, tmp_path / "mine")
+    extra = copy_database(root, tmp_path)
+    rows = [json.loads(line) for line in lines(extra / tuning_db.RECORDS)]
+    for row in rows:
+        if row[0] == 0:
+            row[1][1] = [1e-9]
+    (extra / tuning_db.RECORDS).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    monkeypatch.setenv("EDGEC_TUNING_DIR", str(tmp_path / "mine"))
+
+    out = edgec("compile", onnx_file, "--target", "host", "-o", tmp_path / "out", "--tuning-log", tmp_path / "logs")
+    assert (f"tuning: {KERNELS} of {KERNELS} kernels tuned ({KERNELS - 1} from user {tmp_path / 'mine' / 'host'}, "
+            f"1 from --tuning-log {extra})") in out
+    tuning = json.loads((tmp_path / "out" / "manifest.json").read_text())["tuning"]
+    assert tuning["tuned_from"] == {"user": KERNELS - 1, str(tmp_path / "logs"): 1}
+    with tuning_db.open_for_compile(tuning_db.RecordSources.only(tmp_path / "logs"), host, host.tvm_target()) as records:
+        target = host.tvm_target()
+        tasks = ms.relax_integration.extract_tasks(run_to_tuning_point(model.mod, target, PipelineConfig()), target)
+        faster = [t.task_name for t in tasks
+                  if float(records.database.query_tuning_record(t.dispatched[0], target, t.task_name).run_secs[0]) == 1e-9]
+    assert [name for name, label in tuning["sources"].items() if label != "user"] == faster
+    edgec("compile", onnx_file, "--target", "host", "-o", tmp_path / "plain", "--tuning-log", tmp_path / "logs", "--untuned")
+    assert json.loads((tmp_path / "plain" / "manifest.json").read_text())["tuning"] is None
+
+
+def test_compile_from_another_directory_finds_the_shipped_records(example, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = edgec("compile", example("digits").onnx, "--target", "x86-64", "-o", "digits")
+    shipped = tuning_db.shipped_root() / "x86-64"
+    assert shipped == SHIPPED / "x86-64"
+    tuning = json.loads((tmp_path / "digits" / "manifest.json").read_text())["tuning"]
+    assert tuning["tuned"] == tuning["tasks"] > 0 and set(tuning["sources"].values()) == {"shipped"}
+    assert f"tuning: {tuning['tasks']} of {tuning['tasks']} kernels tuned ({tuning['tasks']} from shipped {shipped})" in out
 
 
 # ------------------------------------------------------------------------------ damaged databases
@@ -515,8 +586,9 @@ def test_shipped_records_cover_every_kernel_of_the_examples(example, name, prese
     assert tuning_db.foreign_reason(directory, target) is None
     mod = run_to_tuning_point(load_model(example(name).onnx).mod, target, PipelineConfig().for_preset(preset))
     tasks = ms.relax_integration.extract_tasks(mod, target)
-    with tuning_db.open_for_compile(SHIPPED, preset, target) as records:
+    with tuning_db.open_for_compile(tuning_db.RecordSources(user=False), preset, target) as records:
         untuned = [t.task_name for t in tasks if not tuning_db.is_tuned(records.database, t, target)]
+        assert [(o.label, o.directory) for o in records.opened] == [("shipped", directory)]
     assert untuned == []
     # shipped compact: one record per kernel
     assert len(lines(directory / tuning_db.RECORDS)) == len(lines(directory / tuning_db.WORKLOADS))
