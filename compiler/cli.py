@@ -324,7 +324,11 @@ def compact_records_command(
     tuning_log: TuningLogOption = None,
     keep_models: Annotated[Optional[list[Path]], typer.Option("--keep-models", help="Model files (.onnx, .pt2; repeatable): keep only the kernels these models use, as compiled with the preset's defaults, and drop every other workload.")] = None,
 ) -> None:
-    """Keep only the best record of every kernel in a preset's tuning database (small enough to ship)."""
+    """Keep only the best record of every kernel in a preset's tuning database (small enough to ship).
+
+    The database is your own unless --tuning-log says otherwise (`--tuning-log tuning_logs` in the
+    repository: the shipped ones).
+    """
     from compiler.frontends import load_model
     from compiler.pipeline import PipelineConfig
     from compiler.tuning import model_kernels
