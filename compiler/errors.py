@@ -46,3 +46,7 @@ class BenchError(EdgecError):
 
 class TuningError(EdgecError):
     """A tuning run cannot start or its records cannot be used: preset, budget, database or device."""
+
+
+class PhaseError(EdgecError):
+    """A compiler phase failed inside TVM on this model; the message names the phase and the operator."""

@@ -10,6 +10,7 @@ both see the same tasks.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ import tvm.relax.backend.cpu_generic.pipeline  # noqa: F401  (pass lists live in
 import tvm.relax.backend.cuda.pipeline  # noqa: F401
 import tvm.relax.backend.gpu_generic.pipeline  # noqa: F401
 
+from compiler.errors import PhaseError
 from compiler.tuning_db import RecordSources
 from passes import (LayoutConfig, PruneConfig, QuantizeConfig, WinogradConfig, convert_layout, depthwise_rule,
                     lower_qdq_to_integer, prune_channels, quantize_int8, simplify_for_inference, winograd_conv2d)
@@ -233,12 +235,85 @@ def _run_phases(mod: tvm.IRModule, target: tvm.target.Target, config: PipelineCo
         for index, phase in enumerate(phases, start=1):
             if phase.name == FUSION_PHASE:
                 kernels["before_fusion"] = count_kernels(mod)
-            mod = tvm.transform.Sequential(list(phase.passes), name=phase.name)(mod)
+            mod = _run_phase(phase, mod)
             if phase.name == FUSION_PHASE:
                 kernels["after_fusion"] = count_kernels(mod)
             if config.dump_ir is not None:
                 _dump(config.dump_ir, index, phase.name, mod)
     return mod
+
+
+# What TVM raises from a pass: C++ checks (InternalError, a RuntimeError) and the Python exceptions
+# its FFI maps C++ errors to, or that its Python passes (legalization) raise
+_TVM_ERRORS = (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError, AssertionError)
+_EDGEC_ROOT = Path(__file__).resolve().parents[1]
+# Relax operator names in TVM's messages: relax.nn.conv2d, or TVMScript's R.nn.conv2d(...)
+_OPERATOR = re.compile(r"\b(relax\.[a-z_][\w.]*[a-z0-9_]|R\.[a-z_][\w.]*(?=\())")
+_NOT_OPERATORS = {"R.shape", "R.const", "R.prim_value", "R.str", "R.dtype"}
+_OP_REPR = re.compile(r'ir\.Op\(.*?name="([\w.]+)".*?support_level=\d+\)')  # how an Op prints in messages
+_TVM_PASS = re.compile(r"Error in pass: ([\w.]+)")
+
+
+def _run_phase(phase: Phase, mod: tvm.IRModule) -> tvm.IRModule:
+    """One phase; an error raised inside TVM becomes a one-line PhaseError, an error of edgec's own
+    code keeps its traceback (it is a bug)."""
+    try:
+        return tvm.transform.Sequential(list(phase.passes), name=phase.name)(mod)
+    except _TVM_ERRORS as err:
+        if not _raised_in_tvm(err):
+            raise
+        raise PhaseError(_phase_message(phase.name, err)) from err
+
+
+def _raised_in_tvm(err: BaseException) -> bool:
+    """Whether the innermost frame of `err` is TVM's (its Python package or its C++), not edgec's."""
+    innermost = None
+    tb = err.__traceback__
+    while tb is not None:
+        innermost, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    if innermost is None:
+        return True
+    path = Path(innermost)
+    return not (path.is_absolute() and _EDGEC_ROOT in path.parents and "site-packages" not in path.parts)
+
+
+def _phase_message(phase: str, err: BaseException) -> str:
+    """`phase 'layout' failed inside TVM at operator relax.stack: <TVM's last message line>`."""
+    text = str(err)
+    # TVM's message: the reason, then (after a blank line) "Error in pass: X" and the IR around it
+    reason = " ".join(text.strip().split("\n\n")[0].split()) or type(err).__name__
+    reason = _OP_REPR.sub(r"\1", reason)
+    if len(reason) > 300:
+        reason = reason[:297] + "..."
+    tvm_pass = _TVM_PASS.search(text)
+    operator = _operator_in(text) or _legalizing_operator(err)
+    where = f"at operator {operator}" if operator else "(TVM's message names no operator)"
+    in_pass = f" (TVM pass {tvm_pass.group(1)})" if tvm_pass else ""
+    return (f"phase '{phase}' failed inside TVM {where}{in_pass}: {reason}; compile with --dump-ir DIR to "
+            f"see the module the phase received, and report it")
+
+
+def _operator_in(message: str) -> str | None:
+    for match in _OPERATOR.finditer(message):
+        name = match.group(1)
+        if name not in _NOT_OPERATORS:
+            return "relax." + name[2:] if name.startswith("R.") else name
+    return None
+
+
+def _legalizing_operator(err: BaseException) -> str | None:
+    """The operator whose legalization raised: TVM names those functions `_<op name with _ for .>`,
+    e.g. `_nn_conv2d` in tvm/relax/transform/legalize_ops/nn.py."""
+    tb, found = err.__traceback__, None
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if "legalize_ops" in Path(code.co_filename).parts and code.co_name.startswith("_"):
+            found = code.co_name[1:]
+        tb = tb.tb_next
+    if found is None:
+        return None
+    namespace = next((ns for ns in ("nn", "image", "qdq", "linear_algebra") if found.startswith(ns + "_")), None)
+    return f"relax.{namespace}.{found[len(namespace) + 1:]}" if namespace else f"relax.{found}"
 
 
 def _backend(target: tvm.target.Target) -> Any:
