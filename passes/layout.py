@@ -74,7 +74,8 @@ _LAYOUT_ERRORS = (RuntimeError, ValueError, IndexError, KeyError, TypeError, Att
 _MAX_ROUNDS = 32
 _log = logging.getLogger("edgec.layout")
 
-# A binding is named by its function and its index among the op calls of that function's blocks
+# A binding is named by its function and the index of its op call among that function's op-call
+# bindings in visiting order
 Key = tuple[str, int]
 
 
@@ -97,8 +98,11 @@ def convert_layout_or_keep(desired: dict[str, list[str]]) -> tvm.transform.Pass:
                 if keep:
                     _log.info("kept in the original layout: %s", ", ".join(sorted({calls[k].op.name for k in keep})))
                 return converted
-            keep |= _failing_call(mod, index, keep, convert)
-        _log.warning("layout conversion kept the imported layout: %d calls failed ConvertLayout", len(keep))
+            failing = _failing_call(mod, index, keep, convert) - keep
+            if not failing:  # ConvertLayout fails even with every call kept: not a layout rule's fault
+                break
+            keep |= failing
+        _log.warning("the model keeps its imported layout: ConvertLayout failed with %d calls kept", len(keep))
         return mod
 
     return tvm.transform.module_pass(transform, opt_level=0, name="convert_layout_or_keep")
@@ -182,6 +186,10 @@ def _producers(index: _Index, key: Key) -> set[Key]:
     return found
 
 
+# Argument types a wrapper function can take as parameters (others, rare, leave their call unwrapped)
+_WRAPPABLE_ARGS = (relax.TensorType, relax.TupleType, relax.ShapeType)
+
+
 def _wrap(mod: tvm.IRModule, keep: set[Key]) -> tuple[tvm.IRModule, dict[str, relax.Call]]:
     """`mod` with each call in `keep` replaced by a call to a private function holding just that call.
 
@@ -193,7 +201,7 @@ def _wrap(mod: tvm.IRModule, keep: set[Key]) -> tuple[tvm.IRModule, dict[str, re
     originals: dict[str, relax.Call] = {}
 
     def replace(builder: relax.BlockBuilder, key: Key, call: relax.Call, _var: relax.Var) -> relax.Expr:
-        if key not in keep:
+        if key not in keep or not all(isinstance(arg.ty, _WRAPPABLE_ARGS) for arg in call.args):
             return call
         params = [relax.Var(f"arg{i}", arg.ty) for i, arg in enumerate(call.args)]
         inner = relax.BlockBuilder()
