@@ -128,6 +128,24 @@ def test_registry_lists_every_architecture():
     assert all(ZOO[n].input_shape == (1, 3, 224, 224) for n in ZOO if n != "vit_tiny")
 
 
+# torchvision's parameter counts: the architectures match theirs exactly (GoogLeNet here has the paper's
+# 5x5 convs and LRNs, and no auxiliary heads; the ViT is edgec's own small one)
+TORCHVISION_PARAMS = {"resnet50": 25_557_032, "squeezenet1_1": 1_235_496, "shufflenet_v2_x1_0": 2_278_604,
+                      "densenet121": 7_978_856, "efficientnet_b0": 5_288_548, "mobilenet_v3_small": 2_542_856}
+
+
+@pytest.mark.parametrize("name", list(TORCHVISION_PARAMS))
+def test_architecture_matches_torchvision(name):
+    import torch
+
+    model, x = zoo_model(name, 32)
+    assert not model.training
+    assert sum(p.numel() for p in model.parameters()) == TORCHVISION_PARAMS[name]
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (1, 1000) and torch.isfinite(y).all()
+
+
 def test_old_style_export_has_the_legacy_form(zoo_dir):
     """opset 9, IR version 3, every weight also a graph input, residual adds as a variadic Sum."""
     import onnx
