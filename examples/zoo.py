@@ -469,9 +469,10 @@ OLD_STYLE_IR_VERSION = 3
 
 
 def default_cache_dir() -> Path:
-    """$EDGEC_CACHE_DIR/zoo, else ~/.cache/edgec/zoo (the same root as the runtime cache)."""
-    root = os.environ.get("EDGEC_CACHE_DIR") or Path.home() / ".cache" / "edgec"
-    return Path(root) / "zoo"
+    """`zoo/` in edgec's cache root ($EDGEC_CACHE_DIR, else ~/.cache/edgec)."""
+    from compiler.runtime.toolchain import cache_dir
+
+    return cache_dir() / "zoo"
 
 
 def zoo_model(name: str, size: int | None = None, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
@@ -491,7 +492,8 @@ def export_zoo_model(name: str, cache_dir: str | os.PathLike | None = None, size
 
     `size`: square input resolution (default: the model's). `old_style`: opset 9, IR version 3,
     initializers also listed as graph inputs, and every Add of two activations a variadic `Sum` (as
-    ResNet-50 and GoogLeNet files from model zoos of that era come). BatchNorm is folded into convs.
+    ResNet-50 and GoogLeNet files from model zoos of that era come). The exporter folds a BatchNorm
+    that follows a conv into it; the others (DenseNet's) stay BatchNormalization nodes.
     """
     from examples.export import _atomic_write, export_onnx
 
@@ -506,10 +508,11 @@ def export_zoo_model(name: str, cache_dir: str | os.PathLike | None = None, size
         return export_onnx(model, x, path)
     import onnx
 
-    tmp = export_onnx(model, x, path.with_suffix(".opset9.onnx"), opset=OLD_STYLE_OPSET)
-    old = to_old_style(onnx.load(tmp))
-    tmp.unlink()
-    return _atomic_write(path, lambda p: onnx.save(old, p))
+    def write(tmp: str) -> None:
+        export_onnx(model, x, tmp, opset=OLD_STYLE_OPSET)
+        onnx.save(to_old_style(onnx.load(tmp)), tmp)
+
+    return _atomic_write(path, write)
 
 
 def to_old_style(model, ir_version: int = OLD_STYLE_IR_VERSION):
