@@ -38,6 +38,8 @@ class Manifest:
     files: Mapping[str, str]  # file name -> sha256, every file but the manifest itself
     tuning: Mapping[str, Any] | None = None  # what the tuning records covered; None: compiled without any
     kernels: Mapping[str, int] | None = None  # kernels per inference before and after operator fusion
+    # kernel -> where its schedule came from: "tuned (<database>)", "edgec-default", "tvm-default", "naive"
+    schedules: Mapping[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -52,6 +54,7 @@ class Manifest:
             "files": dict(self.files),
             "tuning": None if self.tuning is None else dict(self.tuning),
             "kernels": None if self.kernels is None else dict(self.kernels),
+            "schedules": None if self.schedules is None else dict(self.schedules),
         }
 
     @classmethod
@@ -67,6 +70,7 @@ class Manifest:
             files=data["files"],
             tuning=data.get("tuning"),
             kernels=data.get("kernels"),
+            schedules=data.get("schedules"),
         )
 
 

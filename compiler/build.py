@@ -13,7 +13,6 @@ import shutil
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from compiler import __version__
 from compiler.accuracy import AccuracyGuard, guard_quantization
@@ -23,9 +22,6 @@ from compiler.errors import ToolchainError
 from compiler.frontends import ImportedModel
 from compiler.pipeline import PipelineConfig, run_pipeline
 from targets import Preset
-
-if TYPE_CHECKING:
-    from compiler.tuning_db import TuningSummary
 
 LIBRARY_NAME = "model.so"
 
@@ -69,7 +65,8 @@ def compile_model(model: ImportedModel, options: CompileOptions, out_dir: Path) 
         result = run_pipeline(model.mod, target, pipeline, records)
     if guard_report is not None:
         result.reports["quantize"]["accuracy_guard"] = guard_report
-    _warn_untuned(result.tuning, preset)
+    schedules = result.schedules()
+    _warn_naive(schedules, preset)
     executable = tvm.relax.build(result.mod, target, relax_pipeline=None)
     with atomic_directory(out_dir) as staging:
         fcompile = cc.cross_compiler(preset.cross_compiler) if preset.cross_compiler else None
@@ -87,19 +84,19 @@ def compile_model(model: ImportedModel, options: CompileOptions, out_dir: Path) 
             files=files,
             tuning=result.tuning.to_json() if result.tuning is not None else None,
             kernels=result.kernels or None,
+            schedules=schedules or None,
         )
         write_manifest(staging, manifest)
     return manifest
 
 
-def _warn_untuned(tuning: TuningSummary | None, preset: Preset) -> None:
-    if tuning is None or tuning.tuned == tuning.tasks:
-        return
-    names = ", ".join(tuning.untuned[:3]) + (", ..." if len(tuning.untuned) > 3 else "")
-    databases = ", ".join(tuning.databases.values())
-    logging.getLogger("edgec.tuning").warning(
-        "%d of %d kernels have no tuning record in %s and use default schedules (%s); tune them with: "
-        "edgec tune MODEL --target %s", tuning.tasks - tuning.tuned, tuning.tasks, databases, names, preset.name)
+def _warn_naive(schedules: dict[str, str], preset: Preset) -> None:
+    """A CPU kernel left as TVM's naive loops runs 30-70x slower than a scheduled one: say which."""
+    naive = [name for name, source in schedules.items() if source == "naive"]
+    if naive and preset.device == "cpu":
+        logging.getLogger("edgec.schedule").warning(
+            "%d of %d kernels have no schedule and run as TVM's naive loops (%s); tune them with: "
+            "edgec tune MODEL --target %s", len(naive), len(schedules), ", ".join(naive), preset.name)
 
 
 def _device_code(preset: Preset) -> dict[str, str]:

@@ -153,6 +153,16 @@ def compile_command(
     if manifest.tuning is not None:
         tuning = manifest.tuning
         typer.echo(f"tuning: {tuning['tuned']} of {tuning['tasks']} kernels tuned ({_record_sources(tuning)})")
+    if manifest.schedules:
+        typer.echo(f"schedules: {_schedule_sources(manifest.schedules)} (per kernel in manifest.json)")
+
+
+def _schedule_sources(schedules: dict[str, str]) -> str:
+    """`12 tuned (shipped), 8 edgec-default`: how many kernels got each kind of schedule."""
+    counts: dict[str, int] = {}
+    for source in schedules.values():
+        counts[source] = counts.get(source, 0) + 1
+    return ", ".join(f"{count} {source}" for source, count in sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def _record_sources(tuning: dict) -> str:

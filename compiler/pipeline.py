@@ -24,12 +24,13 @@ import tvm.relax.backend.gpu_generic.pipeline  # noqa: F401
 
 from compiler.errors import PhaseError
 from compiler.tuning_db import RecordSources
-from passes import (LayoutConfig, PruneConfig, QuantizeConfig, WinogradConfig, convert_layout, depthwise_rule,
-                    lower_qdq_to_integer, prune_channels, quantize_int8, simplify_for_inference, winograd_conv2d)
+from passes import (LayoutConfig, PruneConfig, QuantizeConfig, WinogradConfig, convert_layout, default_schedules,
+                    depthwise_rule, lower_qdq_to_integer, prune_channels, quantize_int8, simplify_for_inference,
+                    winograd_conv2d)
 
 if TYPE_CHECKING:
     from compiler.tuning_db import TuningRecords, TuningSummary
-    from targets import Preset
+    from targets import CpuShape, Preset
 
 # TVM's per-backend pass lists, keyed by target kind (data, not branches).
 _BACKENDS: dict[str, Callable[[], Any]] = {
@@ -44,6 +45,8 @@ _WEIGHT_PREPACK_KINDS = frozenset({"llvm"})
 _CPU_RULE_KINDS = frozenset({"llvm"})
 # The phase that fuses operators into kernels (its kernel count before and after goes to the manifest)
 FUSION_PHASE = "legalize-fuse"
+# The phase that schedules what the tuning records did not (its report names every kernel's source)
+DEFAULT_SCHEDULE_PHASE = "default-schedules"
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class PipelineConfig:
     layout: LayoutConfig | None = None  # --layout; None: the preset's (see for_preset), else NCHW
     quantize: QuantizeConfig | None = None  # --quantize int8 with its calibration data
     winograd: WinogradConfig | None = None  # --winograd/--no-winograd; None: the preset's, else off
+    # CPU targets: the register file and caches default schedules are sized for (the preset's)
+    cpu: CpuShape | None = None
 
     def for_preset(self, preset: Preset) -> PipelineConfig:
         """The settings the target decides unless the user did: conv layout, Winograd, and int8
@@ -66,7 +71,8 @@ class PipelineConfig:
         winograd = self.winograd or WinogradConfig(enabled=preset.winograd, chosen_by="preset")
         if winograd.macs_per_byte is None:
             winograd = replace(winograd, macs_per_byte=preset.macs_per_byte)
-        resolved = replace(self, layout=self.layout or LayoutConfig(preset.layout, chosen_by="preset"), winograd=winograd)
+        resolved = replace(self, layout=self.layout or LayoutConfig(preset.layout, chosen_by="preset"), winograd=winograd,
+                           cpu=self.cpu or preset.cpu_shape())
         if self.quantize is None or self.quantize.signed_activations == preset.signed_int8_activations:
             return resolved
         return replace(resolved, quantize=replace(self.quantize, signed_activations=preset.signed_int8_activations))
@@ -95,6 +101,18 @@ class PipelineResult:
     reports: dict[str, Any] = field(default_factory=dict)  # phase name -> what its passes reported
     kernels: dict[str, int] = field(default_factory=dict)  # "before-fusion"/"after-fusion" -> kernel count
 
+    def schedules(self) -> dict[str, str]:
+        """Where every kernel's schedule came from: "tuned (<database>)", "edgec-default",
+        "tvm-default" (GPU kernels TVM's dlight rules scheduled) or "naive" (TVM's loops as written)."""
+        report = self.reports.get(DEFAULT_SCHEDULE_PHASE)
+        if report is None:
+            return {}
+        sources = self.tuning.sources if self.tuning is not None else {}
+        out = {name: f"tuned ({sources[name]})" if name in sources else "tvm-default" for name in report["scheduled_before"]}
+        out.update({name: "edgec-default" for name in report["edgec_default"]})
+        out.update({name: "naive" for name in report["naive"]})
+        return dict(sorted(out.items()))
+
     def passes_json(self) -> list[dict[str, Any]]:
         """Every phase with its passes, settings and report: the manifest's `passes`."""
         return [phase.to_json(self.reports.get(phase.name)) for phase in self.phases]
@@ -112,7 +130,7 @@ def build_phases(
     they did (pruning, quantization, Winograd) put it into `reports` under their phase name. With
     tuning `records`, their schedules replace the default ones right after the tuning point.
     """
-    return [*_phases_to_tuning_point(config, target, reports), *_phases_after_tuning(target, records)]
+    return [*_phases_to_tuning_point(config, target, reports), *_phases_after_tuning(config, target, records, reports)]
 
 
 def _report_to(reports: dict[str, Any], phase: str) -> Callable[[Any], None]:
@@ -156,18 +174,26 @@ def _phases_to_tuning_point(config: PipelineConfig, target: tvm.target.Target,
     return phases
 
 
-def _phases_after_tuning(target: tvm.target.Target, records: TuningRecords | None) -> list[Phase]:
+def _phases_after_tuning(config: PipelineConfig, target: tvm.target.Target, records: TuningRecords | None,
+                         reports: dict[str, Any] | None) -> list[Phase]:
     backend = _backend(target)
+    reports = reports if reports is not None else {}
     phases = []
     if records is not None:
         # MetaSchedule: the best measured schedule of every task the records know
         phases.append(Phase("apply-tuning", (records.apply_pass(),)))
-        if target.kind.name in _WEIGHT_PREPACK_KINDS:
-            # The weight layouts tuned kernels chose are computed now, at compile time: each kernel's
-            # weight transform is split out into its own function and folded into new constants.
-            phases.append(Phase("prepack-weights", (relax.transform.SplitLayoutRewritePreproc(),
-                                                    relax.transform.FoldConstant(),
-                                                    relax.transform.DeadCodeElimination())))
+    # CPUs: every kernel the records left unscheduled gets MetaSchedule's design space at decisions
+    # chosen from the CPU shape (passes/default_schedule.py), never TVM's naive loops. GPUs: TVM's
+    # dlight rules scheduled them in legalize-fuse; the pass only reports which.
+    cpu = config.cpu if target.kind.name in _CPU_RULE_KINDS else None
+    phases.append(Phase(DEFAULT_SCHEDULE_PHASE, (default_schedules(cpu, _report_to(reports, DEFAULT_SCHEDULE_PHASE)),),
+                        {"cpu": _plain_shape(cpu) if cpu is not None else None}))
+    if target.kind.name in _WEIGHT_PREPACK_KINDS:
+        # The weight layouts scheduled kernels chose are computed now, at compile time: each kernel's
+        # weight transform is split out into its own function and folded into new constants.
+        phases.append(Phase("prepack-weights", (relax.transform.SplitLayoutRewritePreproc(),
+                                                relax.transform.FoldConstant(),
+                                                relax.transform.DeadCodeElimination())))
     return [
         *phases,
         # TVM: from dataflow graph to VM-executable form with planned memory
@@ -314,6 +340,10 @@ def _legalizing_operator(err: BaseException) -> str | None:
         return None
     namespace = next((ns for ns in ("nn", "image", "qdq", "linear_algebra") if found.startswith(ns + "_")), None)
     return f"relax.{namespace}.{found[len(namespace) + 1:]}" if namespace else f"relax.{found}"
+
+
+def _plain_shape(cpu: CpuShape) -> dict[str, int]:
+    return {name: getattr(cpu, name) for name in cpu.__dataclass_fields__}
 
 
 def _backend(target: tvm.target.Target) -> Any:

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -38,9 +39,10 @@ from compiler.accuracy import AccuracyGuard, guard_quantization
 from compiler.errors import TuningError
 from compiler.frontends import ImportedModel
 from compiler.pipeline import PipelineConfig, run_to_tuning_point
+from passes.default_schedule import default_schedule
 from compiler.rpc import RemoteSpec
 from compiler.runtime.threads import configure_threads
-from targets import Preset
+from targets import CpuShape, Preset
 
 log = logging.getLogger("edgec.tuning")
 
@@ -161,7 +163,7 @@ def tune_model(model: ImportedModel, options: TuneOptions, on_progress: Progress
         _notify(on_progress, progress, start)
         if todo:
             log_file = options.log_file or _new_log_file(options.preset.name)
-            session = _Session(options, target, database, log_file, _deadline(options, start),
+            session = _Session(options, target, pipeline.cpu, database, log_file, _deadline(options, start),
                                lambda: _notify(on_progress, progress, start))
             stopped = session.tune([tasks[i] for i in todo], [progress[i] for i in todo], plan)
     return TuneReport(directory, tuple(progress), time.monotonic() - start, stopped, log_file)
@@ -301,6 +303,7 @@ class _Session:
 
     options: TuneOptions
     target: tvm.target.Target
+    cpu: CpuShape | None  # CPU targets: the shape edgec's default schedules are sized for
     database: ms.database.Database
     log_file: Path
     deadline: float | None
@@ -324,6 +327,7 @@ class _Session:
             try:
                 builder = PersistentBuilder(options.build_workers, options.build_timeout_s, options.preset.cross_compiler)
                 runner = _runner(options)
+                self._measure_defaults(tasks, progress, builder, runner)
                 for attempt in range(SEARCH_ATTEMPTS * len(tasks)):
                     open_ids = [i for i in range(len(tasks)) if issued[i] < batches[i] and failures[i] < SEARCH_ATTEMPTS]
                     if not open_ids:
@@ -350,6 +354,52 @@ class _Session:
                 for pool_owner in (builder, runner):
                     if pool_owner is not None:
                         pool_owner.pool.shutdown()
+
+    def _measure_defaults(self, tasks: list[ms.ExtractedTask], progress: list[TaskProgress],
+                          builder: ms.builder.Builder, runner: ms.runner.Runner) -> None:
+        """Measure every untuned task's default schedule first and commit it as a record.
+
+        The default is a point of the task's design space (passes/default_schedule.py), so the
+        evolutionary search starts its population from it, and as a record it bounds what a
+        compile takes: a tuned kernel never ends slower than its default.
+        """
+        if self.cpu is None:
+            return
+        chosen = []
+        with self.target:
+            for task, task_progress in zip(tasks, progress):
+                mod = task.dispatched[0]
+                if task_progress.skipped or tuning_db.is_tuned(self.database, task, self.target):
+                    continue
+                sch = default_schedule(mod, self.target, self.cpu)
+                if sch is not None:
+                    chosen.append((mod, task_progress, sch))
+        if not chosen:
+            return
+        built = builder.build([ms.builder.BuilderInput(sch.mod, self.target) for _, _, sch in chosen])
+        args = [ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True) for _, _, sch in chosen]
+        runnable = [(i, b) for i, b in enumerate(built) if b.error_msg is None]
+        device = tvm.runtime.Device._DEVICE_TYPE_TO_NAME[self.target.get_target_device_type()]
+        futures = runner.run([ms.runner.RunnerInput(b.artifact_path, device, args[i]) for i, b in runnable])
+        ran = {i: future.result() for (i, _), future in zip(runnable, futures)}
+        for i, (mod, task_progress, sch) in enumerate(chosen):
+            result = ran.get(i)
+            run_secs = result.run_secs if result is not None and result.error_msg is None else None
+            task_progress.trials += 1
+            if run_secs is None:
+                task_progress.errors += 1
+                log.warning("the default schedule of a kernel failed to %s: %s", "run" if result is not None else "build",
+                            (result.error_msg if result is not None else built[i].error_msg or "").strip().splitlines()[-1:])
+                continue
+            self.database.commit_tuning_record(ms.database.TuningRecord(
+                sch.trace, self.database.commit_workload(mod), run_secs, self.target, args[i]))
+            latency = _mean_s(run_secs)
+            if task_progress.best_s is None or latency < task_progress.best_s:
+                task_progress.best_s = latency
+        for b in built:
+            if b.artifact_path is not None:
+                shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+        self.notify()
 
     def _search(self, tasks: list[ms.ExtractedTask], progress: list[TaskProgress], scheduler: _Scheduler,
                 builder: ms.builder.Builder, runner: ms.runner.Runner, task_logger: logging.Logger, attempt: int) -> None:

@@ -1,6 +1,7 @@
 """edgec's own IRModule -> IRModule passes, one per file; `compiler/pipeline.py` orders them."""
 
 from passes.clip import clip_as_min_max
+from passes.default_schedule import ScheduleReport, default_schedules
 from passes.depthwise import depthwise_rule
 from passes.layout import LayoutConfig, convert_layout
 from passes.qdq import lower_qdq_to_integer
@@ -9,5 +10,5 @@ from passes.quantize import QuantizeConfig, quantize_int8
 from passes.simplify import simplify_for_inference
 from passes.winograd import WinogradConfig, winograd_conv2d
 
-__all__ = ["LayoutConfig", "PruneConfig", "PruneReport", "QuantizeConfig", "clip_as_min_max", "convert_layout", "depthwise_rule", "lower_qdq_to_integer", "plan_pruning",
+__all__ = ["LayoutConfig", "ScheduleReport", "default_schedules", "PruneConfig", "PruneReport", "QuantizeConfig", "clip_as_min_max", "convert_layout", "depthwise_rule", "lower_qdq_to_integer", "plan_pruning",
            "prune_channels", "quantize_int8", "simplify_for_inference", "WinogradConfig", "winograd_conv2d"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from types import MappingProxyType
 
-from targets.registry import Preset
+from targets.registry import CpuShape, Preset
 
 # Toolchain fields shared by every preset of an architecture.
 _X86_64 = dict(triple="x86_64-linux-gnu", cross_compiler=None, apt_package="g++",
@@ -24,6 +24,13 @@ _AARCH64 = dict(triple="aarch64-linux-gnu", cross_compiler="aarch64-linux-gnu-g+
 # Their int8 dot-product instruction (sdot) multiplies int8 x int8, so activations stay signed.
 _ARM_CPU_LAYOUT = dict(layout="NHWC", signed_int8_activations=True)
 _QEMU_AARCH64 = dict(emulator="qemu-aarch64", emulator_sysroot="/usr/aarch64-linux-gnu")
+# Register files and caches that default schedules size their tiles for (passes/default_schedule.py)
+_AVX2_CPU = CpuShape(f32_lanes=8, vector_registers=16, l1d_bytes=32 * 1024, l2_bytes=512 * 1024, cores=4)
+_AVX512_CPU = CpuShape(f32_lanes=16, vector_registers=32, l1d_bytes=32 * 1024, l2_bytes=1024 * 1024, cores=4)
+_A53_CPU = CpuShape(f32_lanes=4, vector_registers=32, l1d_bytes=32 * 1024, l2_bytes=512 * 1024, cores=4)
+_A72_CPU = CpuShape(f32_lanes=4, vector_registers=32, l1d_bytes=32 * 1024, l2_bytes=1024 * 1024, cores=4)
+_A76_CPU = CpuShape(f32_lanes=4, vector_registers=32, l1d_bytes=64 * 1024, l2_bytes=512 * 1024, cores=4)
+_A7_CPU = CpuShape(f32_lanes=4, vector_registers=16, l1d_bytes=32 * 1024, l2_bytes=512 * 1024, cores=4)
 _NO_EMULATOR = dict(emulator=None, emulator_sysroot=None)
 _ARMV7 = dict(triple="arm-linux-gnueabihf", cross_compiler="arm-linux-gnueabihf-g++",
               apt_package="g++-arm-linux-gnueabihf", runtime_wheel_platform=None, elf_machine="arm",
@@ -43,7 +50,7 @@ def _cpu(mtriple: str, mcpu: str, *mattr: str, cores: int | None = 4, **extra) -
 _ARMV7_PRESET = Preset(
     "armv7", "32-bit ARMv7 boards (Cortex-A7, NEON, hard float)",
     target=_cpu("armv7a-linux-gnueabihf", "cortex-a7", "+neon", **{"mfloat-abi": "hard"}),
-    host=None, device="cpu", required_cpu_features=("neon",), **_ARM_CPU_LAYOUT,
+    host=None, device="cpu", required_cpu_features=("neon",), cpu=_A7_CPU, **_ARM_CPU_LAYOUT,
     notes="compile-only: no TVM runtime wheel exists for armv7; build the runtime on the device", **_ARMV7)
 # CUDA limits as in TVM's nvidia/* tags; MetaSchedule reads them.
 _CUDA_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152}
@@ -54,22 +61,22 @@ PRESETS: tuple[Preset, ...] = (
            # NHWC: tuned convs vectorize over channels, faster than NCHW (passes/layout.py); 3x3 convs
            # as Winograd F(4x4, 3x3) where they have the tiles for it (passes/winograd.py)
            required_cpu_features=("avx", "avx2", "fma", "f16c"), layout="NHWC", winograd=True, macs_per_byte=3.0,
-           **_X86_64),
+           cpu=_AVX2_CPU, **_X86_64),
     Preset("x86-avx512", "x86-64 with AVX-512 and VNNI (Intel Cascade Lake and newer, AMD Zen 4)",
            target=_cpu("x86_64-linux-gnu", "cascadelake"), host=None, device="cpu",
            required_cpu_features=("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512dq",
                                   "avx512vl", "avx512cd", "avx512_vnni"),
            # NHWC: tuned convs vectorize over channels, and MetaSchedule tensorizes int8 conv with
            # VNNI's dot_16x4 only with channels innermost; 3x3 convs as Winograd, as on x86-64
-           layout="NHWC", winograd=True, macs_per_byte=6.0, **_X86_64),
+           layout="NHWC", winograd=True, macs_per_byte=6.0, cpu=_AVX512_CPU, **_X86_64),
     Preset("cortex-a53", "Raspberry Pi 3 and other Cortex-A53 boards (4x Cortex-A53, NEON)",
-           target=_cpu("aarch64-linux-gnu", "cortex-a53", "+neon"), host=None, device="cpu",
+           target=_cpu("aarch64-linux-gnu", "cortex-a53", "+neon"), host=None, device="cpu", cpu=_A53_CPU,
            required_cpu_features=("asimd",), **_AARCH64, **_QEMU_AARCH64, **_ARM_CPU_LAYOUT),
     Preset("cortex-a72", "Raspberry Pi 4 (4x Cortex-A72, NEON)",
-           target=_cpu("aarch64-linux-gnu", "cortex-a72", "+neon"), host=None, device="cpu",
+           target=_cpu("aarch64-linux-gnu", "cortex-a72", "+neon"), host=None, device="cpu", cpu=_A72_CPU,
            required_cpu_features=("asimd",), **_AARCH64, **_QEMU_AARCH64, **_ARM_CPU_LAYOUT),
     Preset("cortex-a76", "Raspberry Pi 5 (4x Cortex-A76, NEON, dot product)",
-           target=_cpu("aarch64-linux-gnu", "cortex-a76", "+neon", "+dotprod"), host=None, device="cpu",
+           target=_cpu("aarch64-linux-gnu", "cortex-a76", "+neon", "+dotprod"), host=None, device="cpu", cpu=_A76_CPU,
            required_cpu_features=("asimd", "asimddp", "asimdhp"), **_AARCH64, **_QEMU_AARCH64, **_ARM_CPU_LAYOUT),
     _ARMV7_PRESET,
     Preset("mali-g52", "Mali-G52 GPU via OpenCL (Rockchip RK3566/RK3568, Cortex-A55 host)",

@@ -46,6 +46,36 @@ class Execution:
 
 
 @dataclass(frozen=True)
+class CpuShape:
+    """The CPU as a micro-kernel sees it: what edgec's default schedules size register tiles and
+    cache panels with (passes/default_schedule.py). Data per preset, like the rest of it."""
+
+    f32_lanes: int  # float32 lanes of one vector register (AVX2 8, AVX-512 16, NEON 4)
+    vector_registers: int  # architectural vector registers (AVX2 16, AVX-512 and AArch64 32)
+    l1d_bytes: int
+    l2_bytes: int
+    cores: int  # physical cores the kernels run on
+
+    def __post_init__(self) -> None:
+        for name in ("f32_lanes", "vector_registers", "l1d_bytes", "l2_bytes", "cores"):
+            if getattr(self, name) < 1:
+                raise TargetError(f"CPU shape: {name} must be positive, got {getattr(self, name)}")
+
+    @classmethod
+    def for_features(cls, arch: str, features: frozenset[str] | set[str], cores: int = 4) -> "CpuShape":
+        """A conservative shape for a CPU known only by its LLVM features (bare triples, custom targets)."""
+        if arch == "x86_64":
+            if "avx512f" in features:
+                return cls(16, 32, 32 * 1024, 1024 * 1024, cores)
+            if "avx2" in features or "avx" in features:
+                return cls(8, 16, 32 * 1024, 512 * 1024, cores)
+            return cls(4, 16, 32 * 1024, 256 * 1024, cores)
+        if arch == "aarch64":
+            return cls(4, 32, 32 * 1024, 512 * 1024, cores)
+        return cls(4, 16, 32 * 1024, 256 * 1024, cores)
+
+
+@dataclass(frozen=True)
 class Preset:
     """A deployment target: TVM target dicts plus the toolchain that links and runs its code."""
 
@@ -74,6 +104,8 @@ class Preset:
     # against its larger weights with it. 6 for a 2-core AVX-512 CPU (~235 G/s against the ~40 GB/s
     # both cores stream; at 6 the tiles chosen for ResNet-18 were the fastest measured), 3 with AVX2.
     macs_per_byte: float = 6.0
+    # CPU presets: the shape default schedules are sized for; None: derived from the target's features
+    cpu: CpuShape | None = None
 
     def __post_init__(self) -> None:
         kind = self.target.get("kind")
@@ -139,7 +171,20 @@ class Preset:
         """Rebuild a preset from `to_json()` output (as stored in a manifest); extra keys are ignored."""
         values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         values["required_cpu_features"] = tuple(values.get("required_cpu_features", ()))
+        if isinstance(values.get("cpu"), Mapping):
+            values["cpu"] = CpuShape(**values["cpu"])
         return cls(**values)
+
+    def cpu_shape(self) -> CpuShape | None:
+        """The CPU shape of a CPU preset (its own, or one derived from its LLVM features); imports tvm."""
+        if self.device != "cpu":
+            return None
+        if self.cpu is not None:
+            return self.cpu
+        from tvm.target import codegen
+
+        features = frozenset(codegen.llvm_get_cpu_features(self.tvm_target()))
+        return CpuShape.for_features(self.elf_machine, features, int(self.target.get("num-cores", 4)))
 
 
 def _compile_only(reason: str) -> Execution:
@@ -152,6 +197,8 @@ def _plain(value: Any) -> Any:
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]
+    if isinstance(value, CpuShape):
+        return {f.name: getattr(value, f.name) for f in fields(value)}
     return value
 
 

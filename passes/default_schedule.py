@@ -1,0 +1,313 @@
+"""Default CPU schedules: every kernel without a tuning record gets MetaSchedule's own design space
+with its decisions chosen analytically from the target's CPU shape, deterministically, unmeasured.
+
+TVM 0.27's CPU pipeline schedules nothing: a kernel without a record runs as naive single-threaded
+loops, 30-70x slower than onnxruntime. Relay-era TVM never shipped that: its topi schedules had
+analytic fallback configs. edgec's defaults are the same idea in MetaSchedule's terms: the design
+space that `edgec tune` explores (TVM's rules plus edgec's Winograd and depthwise rules, with the
+same postprocessors) is generated for the kernel and replayed with every sampled decision replaced
+by a choice made from the CPU shape (`targets.CpuShape`), so the default is a point of the tuning
+space: tuning can start from it (compiler/tuning.py measures it first), and its trace is a record.
+
+The decisions, for a block tiled by MultiLevelTiling (conv2d of every kind, dense, matmul): the
+innermost spatial loop (output channels in NHWC, columns of a GEMM) is the vector loop, tiled to
+`vectors` registers of `f32_lanes`; the spatial loop before it with more than one iteration is the
+row loop, tiled to as many rows as keep `rows x vectors` accumulators within the register file
+(MLAS, XNNPACK and oneDNN size theirs the same way: accumulators <= registers - vectors - 1).
+Small kernel-window loops run whole inside the register tile; the channel reduction is cut so
+that its weight panel fits in L2. The outer spatial tiles are left to MetaSchedule's parallel
+postprocessor (outer loops fused up to 16 jobs a core), the register tile to its vectorizer and
+unroller. Producers (padding) are computed per outer tile, inside the channel loop only where the
+tile needs no other channels. edgec's own rules (Winograd GEMM, depthwise) take the largest tile
+their rule allows within the same register budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import tvm
+from tvm import s_tir
+from tvm.s_tir import meta_schedule as ms
+from tvm.tirx.analysis import undefined_vars
+
+from targets.registry import CpuShape
+
+log = logging.getLogger("edgec.schedule")
+
+# Where each kernel's schedule came from (the manifest's `schedules`)
+TUNED, TRANSFERRED, DEFAULT, NAIVE = "tuned", "transferred", "edgec-default", "naive"
+SCHEDULED_ATTR = "tirx.is_scheduled"
+# Unroll steps among MetaSchedule's candidates (0, 16, 64, 512): enough to unroll a register tile
+_UNROLL_STEPS = 64
+_MAX_VECTORS = 2  # column vectors of a register tile (MLAS AVX-512 12x32 = 2 vectors of 16)
+
+
+@dataclass(frozen=True)
+class ScheduleReport:
+    """Which kernels this pass scheduled, which it found scheduled (by tuning records, or by TVM's
+    own GPU defaults), and which stayed naive (no design space could be replayed)."""
+
+    defaults: tuple[str, ...]
+    scheduled_before: tuple[str, ...]
+    naive: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"edgec_default": list(self.defaults), "scheduled_before": list(self.scheduled_before),
+                "naive": list(self.naive)}
+
+
+def default_schedules(cpu: CpuShape | None, report: Callable[[ScheduleReport], None] | None = None) -> tvm.transform.Pass:
+    """Schedule every CPU kernel that has no schedule yet with edgec's analytic default.
+
+    Needs: kernels after TVM's legalization and fusion (and after tuning records applied, which mark
+    theirs `tirx.is_scheduled`), inside the target's scope; `cpu` None (GPU targets, whose kernels
+    TVM's dlight rules schedule) only reports. Guarantees: every PrimFunc it could schedule is
+    marked scheduled; those whose design space could not be replayed keep TVM's loops and are
+    listed as naive. Numerics are unchanged (schedules only reorder loops); weights of layout-free
+    buffers get a `meta_schedule.layout_rewrite_preproc` block, which the prepack phase folds at
+    compile time. Deterministic: same module and CPU shape, same schedules.
+    """
+
+    @tvm.transform.module_pass(opt_level=0, name="default_schedules")
+    def transform(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        target = tvm.target.Target.current(allow_none=False)
+        defaults, before, naive, updates = [], [], [], {}
+        for gv, func in mod.functions_items():
+            if not isinstance(func, tvm.tirx.PrimFunc):
+                continue
+            if func.attrs.get(SCHEDULED_ATTR, False):
+                before.append(gv.name_hint)
+                continue
+            scheduled = schedule_kernel(func, target, cpu) if cpu is not None else None
+            if scheduled is None:
+                naive.append(gv.name_hint)
+                continue
+            updates[gv] = scheduled
+            defaults.append(gv.name_hint)
+        if updates:
+            mod = mod.clone()
+            for gv, func in updates.items():
+                mod[gv] = func
+        if report is not None:
+            report(ScheduleReport(tuple(sorted(defaults)), tuple(sorted(before)), tuple(sorted(naive))))
+        return mod
+
+    return transform
+
+
+def schedule_kernel(func: tvm.tirx.PrimFunc, target: tvm.target.Target, cpu: CpuShape) -> tvm.tirx.PrimFunc | None:
+    """`func` with its default schedule applied and marked scheduled; None if it cannot be had."""
+    sch = default_schedule(kernel_module(func), target, cpu)
+    if sch is None:
+        return None
+    scheduled = sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+    if "global_symbol" in func.attrs:  # the kernel keeps its own name (or none, if it was private)
+        return scheduled.with_attr("global_symbol", func.attrs["global_symbol"])
+    return scheduled.without_attr("global_symbol")
+
+
+def kernel_module(func: tvm.tirx.PrimFunc) -> tvm.IRModule:
+    """A kernel as MetaSchedule sees a task: alone in a module, named main."""
+    return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+
+
+def default_schedule(mod: tvm.IRModule, target: tvm.target.Target, cpu: CpuShape) -> s_tir.Schedule | None:
+    """The default point of `mod`'s MetaSchedule design space, postprocessed; None if none applies."""
+    context = ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply",
+                             task_name="default", rand_state=0, num_threads=1)
+    generator = context.space_generator
+    try:
+        spaces = generator.generate_design_space(mod)
+    except (RuntimeError, ValueError, TypeError) as err:
+        log.debug("no design space: %s", err)
+        return None
+    for space in _by_preference(spaces):
+        sch = s_tir.Schedule(mod, debug_mask="all")
+        try:
+            space.trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=_Decisions(sch, cpu))
+        except (RuntimeError, ValueError, TypeError) as err:
+            log.debug("design space did not replay: %s", err)
+            continue
+        sch.enter_postproc()  # a replay of the trace without postprocessing stops here (tuning does)
+        if all(postproc.apply(sch) for postproc in generator.postprocs):
+            return sch
+    return None
+
+
+def _by_preference(spaces: list[s_tir.Schedule]) -> list[s_tir.Schedule]:
+    """Design spaces best first: no rfactor (reductions stay serial per output), then the deepest
+    fusion of the epilogue into the tiled loops (the output tile written while in cache)."""
+
+    def rank(space: s_tir.Schedule) -> tuple[int, int]:
+        insts = space.trace.insts
+        rfactor = any(inst.kind.name == "RFactor" for inst in insts)
+        order = next((list(inst.inputs) for inst in insts if inst.kind.name == "Reorder"), [])
+        depth = -1
+        for inst in insts:
+            if inst.kind.name == "ReverseComputeAt":
+                loop = inst.inputs[1]
+                depth = max(depth, next((i for i, rv in enumerate(order) if rv.same_as(loop)), -1))
+        return (int(rfactor), -depth)
+
+    return sorted(spaces, key=rank)
+
+
+class _Decisions:
+    """MetaSchedule's decision provider: the analytic choice for each sampling instruction."""
+
+    def __init__(self, sch: s_tir.Schedule, cpu: CpuShape):
+        self.sch, self.cpu = sch, cpu
+        self.plans: dict[str, dict[int, list[int]]] = {}  # tiled block -> iter var index -> tile
+
+    def __call__(self, inst: Any, inputs: list, attrs: list, decision: Any) -> Any:
+        kind = inst.kind.name
+        if kind == "SamplePerfectTile":
+            return self._tile(inputs[0], int(attrs[0]), int(attrs[1]))
+        if kind == "SampleCategorical":
+            candidates = [int(c) for c in attrs[0]]
+            return candidates.index(_UNROLL_STEPS) if _UNROLL_STEPS in candidates else 0
+        if kind == "SampleComputeLocation":
+            return self._location(inputs[0])
+        return decision
+
+    # --------------------------------------------------------------------------- tiles
+
+    def _tile(self, loop_rv: Any, parts: int, max_innermost: int) -> list[int]:
+        loop = self.sch.get(loop_rv)
+        realize = _block_realize_under(loop)
+        extent = int(loop.extent)
+        block = realize.block
+        if "meta_schedule.tiling_structure" in block.annotations:
+            index = _iter_index(realize, loop.loop_var)
+            plan = self.plans.setdefault(block.name_hint, _tiled_block_plan(block, self.cpu))
+            tile = plan.get(index)
+            if tile is not None and len(tile) == parts:
+                return tile
+        return _rule_tile(extent, parts, max_innermost, self.cpu)
+
+    # ------------------------------------------------------------------ compute location
+
+    def _location(self, block_rv: Any) -> int:
+        """Producers (padding) at the deepest outer-tile loop of their consumer that still needs
+        no other vector columns; elsewhere at the root (computed once, as written)."""
+        consumers = self.sch.get_consumers(block_rv)
+        if len(consumers) != 1:
+            return -1
+        consumer = consumers[0]
+        realize = self.sch.get_sref(consumer).stmt
+        if "meta_schedule.tiling_structure" not in realize.annotations:
+            return -1
+        loops = [self.sch.get(rv) for rv in self.sch.get_loops(consumer)]
+        block_realize = _block_realize_under(loops[0]) if loops else None
+        if block_realize is None:
+            return -1
+        reads_vars = _vars_read_by(block_realize.block, self.sch.get(block_rv).name_hint)
+        chosen = -1
+        for position, loop in enumerate(loops):
+            kind = _loop_iter_type(block_realize, loop.loop_var)
+            if kind != tvm.tirx.IterVar.DataPar:
+                break  # the first reduction loop ends the outer tiles
+            if int(loop.extent) > 1 and _loop_feeds(block_realize, loop.loop_var, reads_vars):
+                chosen = position
+        return chosen
+
+
+def _tiled_block_plan(block: Any, cpu: CpuShape) -> dict[int, list[int]]:
+    """Tiles (SSRSRS: 4 levels per spatial loop, 2 per reduction loop) of every iter var."""
+    spatial = [i for i, iv in enumerate(block.iter_vars) if iv.iter_type == tvm.tirx.IterVar.DataPar]
+    reduction = [i for i, iv in enumerate(block.iter_vars) if iv.iter_type == tvm.tirx.IterVar.CommReduce]
+    extent = {i: int(block.iter_vars[i].dom.extent) for i in (*spatial, *reduction)}
+    lanes = cpu.f32_lanes * 4 // _dtype_bytes(block)
+    plan: dict[int, list[int]] = {}
+    columns, vectors = _columns(extent[spatial[-1]], lanes) if spatial else (1, 1)
+    rows_var = next((i for i in reversed(spatial[:-1]) if extent[i] > 1), None)
+    rows = _largest_divisor(extent[rows_var], max(1, (cpu.vector_registers - vectors - 1) // vectors)) \
+        if rows_var is not None else 1
+    for i in spatial:
+        inner = columns if i == spatial[-1] else rows if i == rows_var else 1
+        plan[i] = [1, extent[i] // inner, 1, inner]
+    for i in reduction:
+        plan[i] = [1, extent[i]]
+    if reduction:
+        # the channel reduction (the last reduction var): a weight panel of window x k1 x columns in L2
+        channel = reduction[-1]
+        window = math.prod(extent[i] for i in reduction[:-1])
+        panel = max(1, cpu.l2_bytes // 4 // (_dtype_bytes(block) * columns * window))
+        inner = _largest_divisor(extent[channel], min(panel, 256))
+        plan[channel] = [extent[channel] // inner, inner]
+    return plan
+
+
+def _columns(extent: int, lanes: int) -> tuple[int, int]:
+    """(elements, vectors) of the vector loop's register tile."""
+    if extent % lanes == 0:
+        vectors = _largest_divisor(extent // lanes, _MAX_VECTORS)
+        return lanes * vectors, vectors
+    return _largest_divisor(extent, lanes), 1
+
+
+def _rule_tile(extent: int, parts: int, max_innermost: int, cpu: CpuShape) -> list[int]:
+    """edgec's rules sample (outer, inner) splits of their register tiles: the largest inner tile
+    the rule allows, within the register file."""
+    inner = _largest_divisor(extent, min(max_innermost, max(1, cpu.vector_registers // 4)))
+    return [1] * (parts - 2) + [extent // inner, inner]
+
+
+def _largest_divisor(n: int, cap: int) -> int:
+    return max(d for d in range(1, min(n, max(cap, 1)) + 1) if n % d == 0)
+
+
+def _dtype_bytes(block: Any) -> int:
+    buffer = block.writes[0].source if block.writes else None
+    return max(1, tvm.DataType(buffer.dtype).bits // 8) if buffer is not None else 4
+
+
+def _block_realize_under(loop: Any) -> Any:
+    """The first block under a loop nest (MetaSchedule samples tiles before splitting)."""
+    node = loop
+    while not isinstance(node, s_tir.SBlockRealize):
+        node = node.body
+        if isinstance(node, tvm.tirx.SeqStmt):
+            node = node[0]
+    return node
+
+
+def _iter_index(realize: Any, loop_var: Any) -> int | None:
+    for index, value in enumerate(realize.iter_values):
+        if isinstance(value, tvm.tirx.Var) and value.same_as(loop_var):
+            return index
+    return None
+
+
+def _loop_iter_type(realize: Any, loop_var: Any) -> int:
+    """The iter type of the block var this (possibly split) loop feeds; spatial if it feeds none."""
+    for iv, value in zip(realize.block.iter_vars, realize.iter_values):
+        if _uses(value, loop_var):
+            return iv.iter_type
+    return tvm.tirx.IterVar.DataPar
+
+
+def _loop_feeds(realize: Any, loop_var: Any, block_vars: set) -> bool:
+    """Whether the loop feeds a block var that indexes the producer's buffer."""
+    return any(_uses(value, loop_var) and iv.var in block_vars
+               for iv, value in zip(realize.block.iter_vars, realize.iter_values))
+
+
+def _vars_read_by(block: Any, producer: str) -> set:
+    """Block vars used in the indices of the consumer's reads of the producer's buffer."""
+    used: set = set()
+    for region in block.reads:
+        if not region.source.name.startswith(producer):
+            continue
+        for r in region.region:
+            used.update(undefined_vars(r.min))
+    return used
+
+
+def _uses(expr: Any, var: Any) -> bool:
+    return any(v.same_as(var) for v in undefined_vars(expr))
