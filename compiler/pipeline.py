@@ -102,13 +102,17 @@ class PipelineResult:
     kernels: dict[str, int] = field(default_factory=dict)  # "before-fusion"/"after-fusion" -> kernel count
 
     def schedules(self) -> dict[str, str]:
-        """Where every kernel's schedule came from: "tuned (<database>)", "edgec-default",
+        """Where every kernel's schedule came from: "tuned (<database>)", "transferred (<database>)"
+        (a record of the same conv/matmul with another epilogue), "edgec-default",
         "tvm-default" (GPU kernels TVM's dlight rules scheduled) or "naive" (TVM's loops as written)."""
         report = self.reports.get(DEFAULT_SCHEDULE_PHASE)
         if report is None:
             return {}
         sources = self.tuning.sources if self.tuning is not None else {}
-        out = {name: f"tuned ({sources[name]})" if name in sources else "tvm-default" for name in report["scheduled_before"]}
+        transferred = self.tuning.transferred if self.tuning is not None else {}
+        out = {name: f"tuned ({sources[name]})" if name in sources else
+               f"transferred ({transferred[name]})" if name in transferred else "tvm-default"
+               for name in report["scheduled_before"]}
         out.update({name: "edgec-default" for name in report["edgec_default"]})
         out.update({name: "naive" for name in report["naive"]})
         return dict(sorted(out.items()))
@@ -181,7 +185,8 @@ def _phases_after_tuning(config: PipelineConfig, target: tvm.target.Target, reco
     phases = []
     if records is not None:
         # MetaSchedule: the best measured schedule of every task the records know
-        phases.append(Phase("apply-tuning", (records.apply_pass(),)))
+        # and kernels without one replay a record of the same conv/matmul with another epilogue
+        phases.append(Phase("apply-tuning", (records.apply_pass(), records.transfer_pass())))
     # CPUs: every kernel the records left unscheduled gets MetaSchedule's design space at decisions
     # chosen from the CPU shape (passes/default_schedule.py), never TVM's naive loops. GPUs: TVM's
     # dlight rules scheduled them in legalize-fuse; the pass only reports which.

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import types
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -388,6 +388,9 @@ class TuningSummary:
     tasks: int
     sources: dict[str, str]  # task name -> label of the database whose record it got (the best one)
     untuned: tuple[str, ...]  # names of the tasks compiled with default schedules
+    # task name -> label of the database whose record of the same anchor computation (its conv or
+    # matmul, another epilogue) it replays; filled by the transfer pass after the exact lookups
+    transferred: dict[str, str] = field(default_factory=dict)
 
     @property
     def tuned(self) -> int:
@@ -402,7 +405,7 @@ class TuningSummary:
 
     def to_json(self) -> dict[str, Any]:
         return {"databases": self.databases, "tasks": self.tasks, "tuned": self.tuned,
-                "tuned_from": self.tuned_from(), "sources": self.sources}
+                "tuned_from": self.tuned_from(), "sources": self.sources, "transferred": self.transferred}
 
 
 @dataclass(frozen=True)
@@ -425,6 +428,7 @@ class TuningRecords:
         self.opened = tuple(opened)
         self.database = ms.database.UnionDatabase(*(o.database for o in self.opened))
         self.summary: TuningSummary | None = None
+        self._anchor: list[tuple[str, ms.database.Database]] | None = None
 
     def source(self, task: ms.ExtractedTask, target: tvm.target.Target) -> str | None:
         """Label of the database whose record the union gives `task` (None: no record)."""
@@ -456,6 +460,70 @@ class TuningRecords:
                 return tvm.relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
 
         return apply
+
+    def transfer_pass(self) -> tvm.transform.Pass:
+        """Kernels without an exact record replay the best record of a kernel with the same anchor
+        block (MetaSchedule's "anchor-block" equality: the same conv or matmul with another
+        epilogue, as ResNets share with each other) where its trace still applies: a tuned schedule
+        of the same computation is expected to beat the analytic default. Run after `apply_pass`."""
+
+        @tvm.transform.module_pass(opt_level=0, name="TransferTuningRecords")
+        def transfer(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+            from passes.default_schedule import SCHEDULED_ATTR, kernel_module, with_schedule
+
+            target = tvm.target.Target.current(allow_none=False)
+            updates = {}
+            for gv, func in mod.functions_items():
+                if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs.get(SCHEDULED_ATTR, False):
+                    continue
+                found = self._anchor_record(kernel_module(func), target, gv.name_hint)
+                if found is None:
+                    continue
+                label, record = found
+                sch = tvm.s_tir.Schedule(kernel_module(func))
+                try:
+                    record.trace.apply_to_schedule(sch, remove_postproc=False)
+                except (RuntimeError, ValueError, TypeError):  # its decisions do not fit these shapes
+                    continue
+                updates[gv] = with_schedule(func, sch.mod["main"])
+                if self.summary is not None:
+                    self.summary.transferred[gv.name_hint] = label
+            if not updates:
+                return mod
+            mod = mod.clone()
+            for gv, func in updates.items():
+                mod[gv] = func
+            return mod
+
+        return transfer
+
+    def _anchor_record(self, mod: tvm.IRModule, target: tvm.target.Target,
+                       name: str) -> tuple[str, ms.database.TuningRecord] | None:
+        """The fastest record, among the databases, of a workload with `mod`'s anchor block."""
+        best = None
+        for label, database in self._anchor_databases():
+            record = database.query_tuning_record(mod, target, name)
+            if record is not None and (best is None or _mean_run_s(record) < _mean_run_s(best[1])):
+                best = (label, record)
+        return best
+
+    def _anchor_databases(self) -> list[tuple[str, ms.database.Database]]:
+        """Each database's best record per workload, keyed by anchor block (built on first use)."""
+        if self._anchor is None:
+            self._anchor = []
+            for opened in self.opened:
+                best: dict[str, ms.database.TuningRecord] = {}
+                for record in opened.database.get_all_tuning_records():
+                    key = str(record.workload.as_json()[0])  # the structural hash it was stored under
+                    if record.run_secs is not None and (key not in best or _mean_run_s(record) < _mean_run_s(best[key])):
+                        best[key] = record
+                anchored = ms.database.MemoryDatabase(module_equality="anchor-block")
+                for record in best.values():
+                    workload = anchored.commit_workload(record.workload.mod)
+                    anchored.commit_tuning_record(ms.database.TuningRecord(
+                        record.trace, workload, record.run_secs, record.target, record.args_info))
+                self._anchor.append((opened.label, anchored))
+        return self._anchor
 
 
 def _mean_run_s(record: ms.database.TuningRecord) -> float:

@@ -17,12 +17,16 @@ and engines do not slow down alike (compiler.bench.paired_latencies). Sections:
   100%); and, in the same rounds, the model in the layout the preset did not choose (NCHW with
   Winograd where it applies), and with direct convolutions only (where Winograd rewrote some),
   unless `--skip variants`;
+- zero-trial: every example and zoo model (examples/zoo.py) compiled with no tuning records at all
+  (`--untuned`: edgec's default schedules, passes/default_schedule.py) against onnxruntime, with
+  the compile time, the geometric mean and the slowest ratio; ResNet-18 and MobileNetV2 also against
+  their tuned build (shipped records), in the same rounds;
 - tuning cost: from the tuning histories shipped beside the records, the trials and minutes it took
   the estimated latency to get within 10% of its final value;
 - int8: ResNet-18 int8 (edgec PTQ) against edgec fp32 and onnxruntime's static int8 QDQ model, in
   the preset's layout, where the preset's records cover the int8 kernels (else it says so);
-- prune: ResNet-18 with 50% of its channels pruned against the unpruned model, both compiled alike
-  (no tuning records exist for the pruned shapes, so both use default schedules);
+- prune: ResNet-18 with 50% of its channels pruned, no new tuning (the kernels no record covers get
+  default schedules), against the unpruned model with its tuning records;
 - layout: the digits CNN in NCHW and NHWC (default schedules), the layout pass's latency effect.
 """
 
@@ -222,6 +226,49 @@ def _phase_report(artifact: Path, phase: str) -> dict:
     return _phase(artifact, phase).get("report") or {}
 
 
+# The zero-trial section's models: examples (224x224 but the digits CNN) and every zoo architecture
+ZERO_TRIAL_EXAMPLES = ("resnet18", "mobilenetv2", "digits")
+TUNED_TOO = ("resnet18", "mobilenetv2")  # models whose tuned build is timed beside the zero-trial one
+
+
+def zero_trial_section(work: Path, args) -> list[dict]:
+    import time
+
+    from examples.export import example_model, export_onnx
+    from examples.zoo import ZOO, export_zoo_model, zoo_model
+
+    rows = []
+    names = [n for n in (*ZERO_TRIAL_EXAMPLES, *ZOO) if args.zero_trial_models is None or n in args.zero_trial_models]
+    for name in names:
+        if name in ZOO:
+            onnx_path, (model, x_tensor) = export_zoo_model(name), zoo_model(name)
+        else:
+            model, x_tensor = example_model(name)
+            onnx_path = export_onnx(model, x_tensor, work / f"{name}-zero-trial.onnx")
+        x = x_tensor.numpy()
+        with console.status(f"compiling {name} for {args.preset.name} with no tuning records"):
+            start = time.monotonic()
+            untuned = compile_onnx(onnx_path, work / f"{name}-untuned", args.preset, tuning_log=None)
+            compile_s = time.monotonic() - start
+        schedules = json.loads((untuned / "manifest.json").read_text())["schedules"] or {}
+        engines = [edgec_engine(untuned, x, "edgec zero-trial"), onnxruntime_engine(onnx_path, x)]
+        if name in TUNED_TOO:
+            with console.status(f"compiling {name} with its tuning records"):
+                engines.append(edgec_engine(compile_onnx(onnx_path, work / f"{name}-tuned", args.preset), x, "edgec tuned"))
+        with console.status(f"timing {name}"):
+            timed = paired(engines, "edgec zero-trial", args.rounds, args.runs)
+        rows.append({"model": name, "compile s": compile_s, "kernels": len(schedules),
+                     "naive kernels": sum(source == "naive" for source in schedules.values()),
+                     **{f"{k} ms": v * 1e3 for k, v in timed.median_s.items()},
+                     **_ratio_cells("onnxruntime / zero-trial", timed.relative["onnxruntime"]),
+                     "tuned / zero-trial": timed.relative["edgec tuned"].median if name in TUNED_TOO else None})
+    ratios = [row["onnxruntime / zero-trial"] for row in rows]
+    if ratios:
+        rows.append({"model": "geometric mean", "onnxruntime / zero-trial": float(np.exp(np.mean(np.log(ratios)))),
+                     "onnxruntime / zero-trial (rounds)": f"slowest: {min(ratios):.2f}"})
+    return rows
+
+
 def tuning_cost_section(histories: list[Path]) -> list[dict]:
     rows = []
     for path in histories:
@@ -299,18 +346,18 @@ def prune_section(work: Path, args) -> list[dict]:
     model, x_tensor = example_model("resnet18")
     x = x_tensor.numpy()
     onnx_path = export_onnx(model, x_tensor, work / "resnet18-prune-source.onnx")
-    with console.status("compiling ResNet-18 unpruned and 50% pruned (default schedules)"):
-        dense = compile_onnx(onnx_path, work / "resnet18-dense", args.preset, tuning_log=None)
-        pruned = compile_onnx(onnx_path, work / "resnet18-pruned", args.preset, tuning_log=None, prune=PruneConfig(0.5))
+    with console.status("compiling ResNet-18 unpruned (tuned) and 50% pruned (no new tuning)"):
+        dense = compile_onnx(onnx_path, work / "resnet18-dense", args.preset)
+        pruned = compile_onnx(onnx_path, work / "resnet18-pruned", args.preset, prune=PruneConfig(0.5))
     report = _phase_report(pruned, "prune")
-    engines = [edgec_engine(dense, x, "unpruned"), edgec_engine(pruned, x, "pruned 50%")]
+    engines = [edgec_engine(dense, x, "unpruned tuned"), edgec_engine(pruned, x, "pruned 50%")]
     with console.status("timing pruning"):
-        timed = paired(engines, "pruned 50%", max(3, args.rounds // 2), 1)
+        timed = paired(engines, "pruned 50%", args.rounds, args.runs)
     latency = timed.median_s
     return [{"model": "resnet18", "GFLOP before": report["flops_before"] / 1e9,
              "GFLOP after": report["flops_after"] / 1e9,
              **{f"{k} ms": v * 1e3 for k, v in latency.items()},
-             "speed-up": timed.relative["unpruned"].median}]
+             "speed-up": timed.relative["unpruned tuned"].median}]
 
 
 def layout_section(work: Path, args) -> list[dict]:
@@ -351,12 +398,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--skip", default="", type=lambda s: set(filter(None, s.split(","))),
-                        help="sections to leave out: fp32, tuning, int8, prune, layout; and variants: the fp32 "
+                        help="sections to leave out: fp32, zero-trial, tuning, int8, prune, layout; and variants: the fp32 "
                              "rows' builds in the other layout and with direct convs only (untuned: slow)")
     parser.add_argument("--target", help=f"x86 preset to compile for (default: the first of "
                                           f"{', '.join(X86_BY_CAPABILITY)} that runs natively here)")
     parser.add_argument("--histories", type=Path, nargs="*",
                         help="tuning histories for the tuning-cost section (default: tuning_logs/<preset>/history-*.jsonl)")
+    parser.add_argument("--zero-trial-models", type=lambda s: s.split(","),
+                        help="the zero-trial section's models (default: every example and zoo model)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
     args.preset = resolve_target(args.target) if args.target else first_native(X86_BY_CAPABILITY)
@@ -368,6 +417,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="edgec-bench-") as tmp:
         work = Path(tmp)
         sections = [("fp32", "fp32, batch 1, medians (ratios > 1: edgec is faster)", fp32_section),
+                    ("zero-trial", "zero-trial (no tuning records), batch 1 (ratios > 1: edgec is faster)", zero_trial_section),
                     ("tuning", "tuning cost (estimates from the tuning process)", lambda w, a: tuning_cost_section(a.histories)),
                     ("int8", "int8 ResNet-18 (ratios > 1: edgec int8 is faster)", int8_section),
                     ("prune", "structured pruning, ResNet-18", prune_section),

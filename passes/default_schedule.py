@@ -103,10 +103,14 @@ def default_schedules(cpu: CpuShape | None, report: Callable[[ScheduleReport], N
 def schedule_kernel(func: tvm.tirx.PrimFunc, target: tvm.target.Target, cpu: CpuShape) -> tvm.tirx.PrimFunc | None:
     """`func` with its default schedule applied and marked scheduled; None if it cannot be had."""
     sch = default_schedule(kernel_module(func), target, cpu)
-    if sch is None:
-        return None
-    scheduled = sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
-    if "global_symbol" in func.attrs:  # the kernel keeps its own name (or none, if it was private)
+    return None if sch is None else with_schedule(func, sch.mod["main"])
+
+
+def with_schedule(func: tvm.tirx.PrimFunc, scheduled_main: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """The scheduled `main` of a kernel's module, back under the kernel's own name (or none, if it
+    was private), marked scheduled."""
+    scheduled = scheduled_main.with_attr(SCHEDULED_ATTR, True)
+    if "global_symbol" in func.attrs:
         return scheduled.with_attr("global_symbol", func.attrs["global_symbol"])
     return scheduled.without_attr("global_symbol")
 

@@ -31,7 +31,7 @@ from compiler import tuning, tuning_db
 from compiler.build import CompileOptions, compile_model
 from compiler.errors import TuningError
 from compiler.pipeline import PipelineConfig, run_to_tuning_point
-from compiler.rpc import RemoteSpec
+from compiler.runtime.rpc import RemoteSpec
 from compiler.runtime import open_model
 from compiler.tuning import TaskProgress, TuneOptions, plan_trials, tune_model
 from targets import X86_BY_CAPABILITY, resolve_target
@@ -325,6 +325,27 @@ def test_kernels_without_records_get_edgec_default_schedules_without_warning(tun
     plain = compile_with(model, host, None, tmp_path / "plain")
     assert plain.tuning is None
     assert np.abs(run(tmp_path / "partial", x) - run(tmp_path / "plain", x)).max() < 1e-4
+
+
+def test_a_kernel_with_another_epilogue_replays_the_record_of_its_conv(tuned, host, tmp_path):
+    """The tuned conv+bias+relu's record serves a conv+bias+sigmoid: same anchor block, transferred."""
+    import onnx
+
+    from compiler.frontends import load_model
+    from examples.onnx_cases import opset_model
+
+    root, _ = tuned
+    proto = opset_model(13)
+    next(n for n in proto.graph.node if n.op_type == "Relu").op_type = "Sigmoid"
+    onnx.save(proto, tmp_path / "sigmoid.onnx")
+    other = load_model(tmp_path / "sigmoid.onnx")
+    manifest = compile_with(other, host, root, tmp_path / "transferred")
+    conv = next(name for name in manifest.schedules if "conv2d" in name)
+    assert manifest.schedules[conv] == f"transferred ({root})"
+    assert manifest.tuning["transferred"] == {conv: str(root)} and conv not in manifest.tuning["sources"]
+    x = np.random.default_rng(2).standard_normal(other.inputs[0].shape).astype(np.float32)
+    compile_with(other, host, None, tmp_path / "default")
+    assert np.abs(run(tmp_path / "transferred", x) - run(tmp_path / "default", x)).max() < 1e-4
 
 
 # --------------------------------------------------------------------- where records are found
