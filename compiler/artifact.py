@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from compiler.errors import ArtifactError
-from compiler.frontends import TensorSpec
+from compiler.specs import TensorSpec
 
 MANIFEST_NAME = "manifest.json"
 ARTIFACT_FORMAT = "edgec-artifact/1"

@@ -1,4 +1,5 @@
-"""Latency of a compiled artifact: here in this process (`local`) or on a device over TVM's RPC (`rpc`).
+"""Latency of a compiled artifact on any device of compiler.runtime (here, under qemu, over RPC), per
+kernel here, and engines compared in interleaved rounds.
 
 Every timed run is one sample (TVM's time_evaluator with number=1, repeat=runs), so percentiles
 describe single inferences, after `warmup` untimed runs. Inputs are random data of the manifest's
@@ -10,60 +11,14 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from compiler.errors import BenchError
-from compiler.frontends import TensorSpec
-from compiler.rpc import RemoteModel, RemoteSpec
-
-DEVICES = ("local", "rpc", "qemu")
-
-
-@dataclass(frozen=True)
-class BenchSpec:
-    """`warmup` untimed runs, then `runs` timed ones."""
-
-    warmup: int = 10
-    runs: int = 100
-
-    def __post_init__(self) -> None:
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise BenchError(f"--warmup must be an integer >= 0, got {self.warmup!r}")
-        if isinstance(self.runs, bool) or not isinstance(self.runs, int) or self.runs < 1:
-            raise BenchError(f"--runs must be an integer >= 1, got {self.runs!r}")
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    """Latency of single runs in milliseconds; percentiles interpolate linearly (numpy's default)."""
-
-    runs: int
-    warmup: int
-    min: float
-    mean: float
-    p50: float
-    p90: float
-    p99: float
-    max: float
-    std: float  # population standard deviation
-
-    @classmethod
-    def from_samples(cls, samples_ms: Sequence[float], warmup: int) -> LatencyStats:
-        samples = np.asarray(samples_ms, dtype=np.float64)
-        if samples.ndim != 1 or samples.size == 0:
-            raise ValueError(f"need a non-empty 1-D sequence of samples, got shape {samples.shape}")
-        p50, p90, p99 = (float(v) for v in np.percentile(samples, [50, 90, 99]))
-        return cls(
-            runs=int(samples.size), warmup=int(warmup), min=float(samples.min()), mean=float(samples.mean()),
-            p50=p50, p90=p90, p99=p99, max=float(samples.max()), std=float(samples.std()),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+from compiler.runtime import RemoteSpec, open_model
+from compiler.specs import BenchSpec, LatencyStats, TensorSpec
 
 
 def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
@@ -84,28 +39,11 @@ def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.nd
 
 
 def bench(artifact: Path, spec: BenchSpec, device: str = "local", remote: RemoteSpec | None = None) -> LatencyStats:
-    """Benchmark `artifact` on `device` (one of DEVICES); `remote` says which server for "rpc"."""
-    if device == "local":
-        return bench_local(artifact, spec)
-    if device == "rpc":
-        if remote is None:
-            raise BenchError("--device rpc needs --rpc-tracker HOST:PORT --rpc-key KEY, or --rpc HOST:PORT")
-        return bench_rpc(artifact, spec, remote)
-    if device == "qemu":
-        return bench_emulated(artifact, spec)
-    raise BenchError(f"unknown device '{device}'; choose from: {', '.join(DEVICES)}")
-
-
-def bench_local(artifact: Path, spec: BenchSpec) -> LatencyStats:
-    """Benchmark in this process on the host CPU (the artifact must run natively here)."""
-    from compiler.runtime import LocalModel
-
-    model = LocalModel(artifact)
-    inputs = random_inputs(model.manifest.inputs)
-    for _ in range(spec.warmup):
-        model.run(inputs)
-    seconds = model.latencies(inputs, repeat=spec.runs, number=1)
-    return LatencyStats.from_samples([s * 1e3 for s in seconds], spec.warmup)
+    """Benchmark `artifact` on `device` (compiler.specs.DEVICES); `remote` names the server for "rpc".
+    Under qemu the runs prove the artifact runs, not the device's speed; over RPC they are timed on
+    the device itself."""
+    with open_model(artifact, device, remote) as model:
+        return model.bench(random_inputs(model.manifest.inputs), spec)
 
 
 @dataclass(frozen=True)
@@ -139,9 +77,7 @@ def kernel_times(artifacts: Sequence[Path], spec: BenchSpec, rounds: int = 5) ->
     alternating order, so that a machine whose speed drifts (a shared host's does, by up to 2x
     between minutes) weighs on all of them alike.
     """
-    from compiler.runtime import LocalModel
-
-    models = [LocalModel(artifact) for artifact in artifacts]
+    models = [open_model(artifact) for artifact in artifacts]
     inputs = [random_inputs(model.manifest.inputs) for model in models]
     for model, feed in zip(models, inputs):
         for _ in range(spec.warmup):
@@ -229,24 +165,3 @@ def paired_latencies(engines: Mapping[str, Callable[[], object]], reference: str
         ratios = [other / ref for other, ref in zip(per_round[name], per_round[reference])]
         relative[name] = Spread(statistics.median(ratios), min(ratios), max(ratios))
     return PairedLatencies(reference, {name: statistics.median(values) for name, values in samples.items()}, relative)
-
-
-def bench_emulated(artifact: Path, spec: BenchSpec) -> LatencyStats:
-    """Benchmark an aarch64 artifact with the C++ runner under qemu: proves it runs; not the device's speed."""
-    from compiler.runtime import EmulatedModel
-
-    model = EmulatedModel(artifact)
-    return model.bench(random_inputs(model.manifest.inputs), spec)
-
-
-def bench_rpc(artifact: Path, spec: BenchSpec, remote: RemoteSpec) -> LatencyStats:
-    """Benchmark on the RPC server `remote` names; the runs are timed on the device itself."""
-    with RemoteModel(artifact, remote) as model:
-        seconds = model.latencies(random_inputs(model.manifest.inputs), repeat=spec.runs, warmup=spec.warmup)
-    return LatencyStats.from_samples([s * 1e3 for s in seconds], spec.warmup)
-
-
-def run_rpc(artifact: Path, inputs: Mapping[str, np.ndarray], remote: RemoteSpec) -> dict[str, np.ndarray]:
-    """Run `artifact` once on the RPC server `remote` names; outputs come back keyed by name."""
-    with RemoteModel(artifact, remote) as model:
-        return model.run(inputs)

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.text import Text
 
 from compiler.errors import EdgecError
+from compiler.specs import DEVICES
 
 if TYPE_CHECKING:
     from passes import LayoutConfig, PruneConfig, WinogradConfig
@@ -32,15 +33,16 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
+records_app = typer.Typer(
+    name="records",
+    help="Inspect and maintain a preset's tuning records: list, compact, remeasure.",
+    no_args_is_help=True,
+)
+app.add_typer(records_app)
 console = Console(stderr=True, highlight=False)
 
 
-class Device(str, enum.Enum):
-    """Where `run` and `bench` execute an artifact (compiler.bench.DEVICES)."""
-
-    local = "local"
-    qemu = "qemu"
-    rpc = "rpc"
+Device = enum.Enum("Device", {name: name for name in DEVICES}, type=str)  # compiler.runtime.open_model's devices
 
 
 class Quantize(str, enum.Enum):
@@ -74,7 +76,7 @@ PruneOption = Annotated[Optional[float], typer.Option("--prune", help="Remove th
 PruneCriterionOption = Annotated[PruneCriterion, typer.Option("--prune-criterion", help="Channel ranking for --prune: L1 or L2 norm of the channel's weights.")]
 LayoutOption = Annotated[Optional[Layout], typer.Option("--layout", help="Convolution data layout (default: the preset's, see `edgec targets`).")]
 WinogradOption = Annotated[Optional[bool], typer.Option("--winograd/--no-winograd", help="Compute float 3x3 stride-1 convolutions as Winograd F(4x4,3x3) or F(2x2,3x3), chosen per layer (default: the preset's choice).")]
-DeviceOption = Annotated[Device, typer.Option("--device", "-d", help="local: this CPU, in this process; qemu: the C++ runner under qemu-user (aarch64 artifacts); rpc: a TVM RPC server, through a tracker or directly.")]
+DeviceOption = Annotated[Optional[Device], typer.Option("--device", "-d", show_default=False, help="local: this CPU, in this process; qemu: the C++ runner under qemu-user (aarch64 artifacts); rpc: a TVM RPC server, through a tracker or directly. Default: rpc when an --rpc flag is given, else local.")]
 RpcTrackerOption = Annotated[Optional[str], typer.Option("--rpc-tracker", help="HOST:PORT of the RPC tracker (with --rpc-key).")]
 RpcKeyOption = Annotated[Optional[str], typer.Option("--rpc-key", help="Device key the RPC servers registered with at the tracker.")]
 RpcOption = Annotated[Optional[str], typer.Option("--rpc", help="HOST:PORT of one RPC server, without a tracker.")]
@@ -302,7 +304,7 @@ def tune_command(
     Give the same --quantize/--prune/--layout/--winograd options as to `edgec compile`: they change the kernels.
     """
     from compiler.frontends import load_model, parse_input_shape
-    from compiler.rpc import RemoteSpec, parse_host_port
+    from compiler.runtime import RemoteSpec, parse_host_port
     from compiler.tuning import TuneOptions, tune_model
     from targets import resolve_target
 
@@ -328,8 +330,8 @@ def tune_command(
         raise typer.Exit(130)
 
 
-@app.command("compact-records")
-def compact_records_command(
+@records_app.command("compact")
+def records_compact_command(
     target: Annotated[str, typer.Option("--target", "-t", help="Preset whose database to compact.")],
     tuning_log: TuningLogOption = None,
     keep_models: Annotated[Optional[list[Path]], typer.Option("--keep-models", help="Model files (.onnx, .pt2; repeatable): keep only the kernels these models use, as compiled with the preset's defaults, and drop every other workload.")] = None,
@@ -339,23 +341,13 @@ def compact_records_command(
     The database is your own unless --tuning-log says otherwise (`--tuning-log tuning_logs` in the
     repository: the shipped ones).
     """
-    from compiler.frontends import load_model
-    from compiler.pipeline import PipelineConfig
-    from compiler.tuning import model_kernels
-    from compiler.tuning_db import compact, database_dir, open_for_tuning, used_workload_hashes, user_root
-    from targets import resolve_target
+    from compiler.tuning_db import compact, open_for_tuning, used_workload_hashes
 
     with user_errors():
-        preset = resolve_target(target)
-        directory = database_dir(tuning_log or user_root(), preset)
-        if not directory.is_dir():
-            raise EdgecError(f"no tuning database at {directory}; tune first with: edgec tune MODEL --target {preset.name}")
+        preset, directory = _records_database(target, tuning_log)
         keep = None
         if keep_models:
-            kernels = []
-            for path in keep_models:
-                with console.status(f"finding the kernels of {path.name}"):
-                    kernels += model_kernels(load_model(path, {}), preset, PipelineConfig(tuning_log=None))
+            kernels = [kernel for found in _model_kernels(keep_models, preset).values() for kernel in found]
             with open_for_tuning(directory, preset.tvm_target()) as database:  # repaired first, if need be
                 keep = used_workload_hashes(database, preset.tvm_target(), kernels)
         report = compact(directory, preset.tvm_target(), keep)
@@ -363,8 +355,65 @@ def compact_records_command(
                f"{report.bytes_before / 1e6:.2f} -> {report.bytes_after / 1e6:.2f} MB")
 
 
-@app.command("remeasure-records")
-def remeasure_records_command(
+@records_app.command("list")
+def records_list_command(
+    target: Annotated[str, typer.Option("--target", "-t", help="Preset whose database to list.")],
+    tuning_log: TuningLogOption = None,
+    models: Annotated[Optional[list[Path]], typer.Option("--model", help="Model files (.onnx, .pt2; repeatable): say which kernels each one uses, as compiled with the preset's defaults.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as one JSON document.")] = False,
+) -> None:
+    """List a preset's tuned kernels: records, fastest time, the CPU and date they were measured on.
+
+    CPU and date are `unknown` for records measured before edgec noted them. With --model, each
+    kernel also says which of those models use it (under which task names).
+
+    The database is your own unless --tuning-log says otherwise (`--tuning-log tuning_logs` in the
+    repository: the shipped ones).
+    """
+    from compiler.provenance import list_records
+
+    with user_errors():
+        preset, directory = _records_database(target, tuning_log)
+        kernels = _model_kernels(models or [], preset)
+        rows = list_records(directory, preset.tvm_target(), kernels)
+    if as_json:
+        _print_json({"database": str(directory), "kernels": [row.to_json() for row in rows]})
+        return
+    typer.echo(f"{directory}: {len(rows)} kernels, {sum(row.records for row in rows)} records")
+    typer.echo(f"{'workload':>20} {'records':>7} {'best ms':>9}  {'measured':20}  cpu" + ("  (models: kernels)" if models else ""))
+    for row in sorted(rows, key=lambda r: -(r.best_ms or 0)):
+        best = "-" if row.best_ms is None else f"{row.best_ms:.4g}"
+        used = f"  ({', '.join(row.models)}: {', '.join(row.kernels)})" if row.models else ("  (unused)" if models else "")
+        typer.echo(f"{row.workload:>20} {row.records:>7} {best:>9}  {row.date:20}  {row.cpu}{used}")
+
+
+def _records_database(target: str, tuning_log: Path | None):
+    """The preset and its existing database directory under `tuning_log` (default: the user's own)."""
+    from compiler.tuning_db import database_dir, user_root
+    from targets import resolve_target
+
+    preset = resolve_target(target)
+    directory = database_dir(tuning_log or user_root(), preset)
+    if not directory.is_dir():
+        raise EdgecError(f"no tuning database at {directory}; tune first with: edgec tune MODEL --target {preset.name}")
+    return preset, directory
+
+
+def _model_kernels(paths: Sequence[Path], preset) -> dict[str, list]:
+    """Model file name -> the (module, task name) of every kernel its compile for `preset` looks up."""
+    from compiler.frontends import load_model
+    from compiler.pipeline import PipelineConfig
+    from compiler.tuning import model_kernels
+
+    kernels = {}
+    for path in paths:
+        with console.status(f"finding the kernels of {path.name}"):
+            kernels[path.name] = model_kernels(load_model(path, {}), preset, PipelineConfig(tuning_log=None))
+    return kernels
+
+
+@records_app.command("remeasure")
+def records_remeasure_command(
     target: Annotated[str, typer.Option("--target", "-t", help="Preset whose database to re-measure (its code must run here).")],
     top: Annotated[int, typer.Option("--top", help="Records per kernel to time again: its fastest by their stored times.")] = 8,
     rounds: Annotated[int, typer.Option("--rounds", help="Interleaved rounds: every record is timed once per round.")] = 5,
@@ -458,25 +507,23 @@ def _ms(seconds: float) -> str:
 def run_command(
     artifact: Annotated[Path, typer.Argument(help="Artifact directory written by `edgec compile`.")],
     input: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="NAME=FILE.npy (or FILE.npy for a single-input model); repeatable.")] = None,
+    inputs: Annotated[Optional[Path], typer.Option("--inputs", help="FILE.npz of inputs keyed by input name (numpy.savez), as TVMC takes them; --input adds others.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write outputs to this .npz, keyed by output name.")] = None,
-    device: DeviceOption = Device.local,
+    device: DeviceOption = None,
     rpc_tracker: RpcTrackerOption = None,
     rpc_key: RpcKeyOption = None,
     rpc: RpcOption = None,
     timeout: TimeoutOption = 60.0,
 ) -> None:
-    """Run an artifact with inputs from .npy files: here, under emulation, or on a device over RPC."""
+    """Run an artifact with inputs from .npy/.npz files: here, under emulation, or on a device over RPC."""
     from compiler.artifact import read_manifest
-    from compiler.bench import run_rpc
     from compiler.runtime import open_model, read_input_files, write_outputs
 
     with user_errors():
-        remote = _remote_spec(device, rpc_tracker, rpc_key, rpc, timeout)
-        if remote is None:
-            model = open_model(artifact, device.value)
-            outputs = model.run(read_input_files(model.manifest.inputs, input or []))
-        else:
-            outputs = run_rpc(artifact, read_input_files(read_manifest(artifact).inputs, input or []), remote)
+        where, remote = _device(device, rpc_tracker, rpc_key, rpc, timeout)
+        arrays = read_input_files(read_manifest(artifact).inputs, input or [], inputs)
+        with open_model(artifact, where, remote) as model:
+            outputs = model.run(arrays)
         if output is not None:
             write_outputs(output, outputs)
     for name, value in outputs.items():
@@ -488,14 +535,14 @@ def run_command(
 @app.command("bench")
 def bench_command(
     artifact: Annotated[Path, typer.Argument(help="Artifact directory written by `edgec compile`.")],
-    device: DeviceOption = Device.local,
+    device: DeviceOption = None,
     rpc_tracker: RpcTrackerOption = None,
     rpc_key: RpcKeyOption = None,
     rpc: RpcOption = None,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs before timing.")] = 10,
     runs: Annotated[int, typer.Option("--runs", help="Timed runs, one latency sample each.")] = 100,
     timeout: TimeoutOption = 60.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: artifact, device and latency stats.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document: artifact, device and latency stats.")] = False,
     kernels: Annotated[int, typer.Option("--kernels", help="Also time each kernel (local device) and list the N slowest.")] = 0,
     against: Annotated[Optional[Path], typer.Option("--against", help="With --kernels: a second build of the model, run interleaved; its kernel times go beside.")] = None,
 ) -> None:
@@ -505,12 +552,12 @@ def bench_command(
 
     with user_errors():
         spec = BenchSpec(warmup=warmup, runs=runs)
-        check_kernel_options(kernels, against, device.value)
-        remote = _remote_spec(device, rpc_tracker, rpc_key, rpc, timeout)
+        kind, remote = _device(device, rpc_tracker, rpc_key, rpc, timeout)
+        check_kernel_options(kernels, against, kind)
         manifest = read_manifest(artifact)
-        where = remote.describe() if remote else device.value
+        where = remote.describe() if remote else kind
         with console.status(f"benchmarking {artifact.name} on {where}"):
-            stats = bench(artifact, spec, device.value, remote)
+            stats = bench(artifact, spec, kind, remote)
         per_kernel = []
         if kernels:
             with console.status("timing each kernel" + (f" beside {against.name}" if against else "")):
@@ -520,12 +567,12 @@ def bench_command(
     if as_json:
         info = {
             "artifact": {"path": str(artifact), "library": manifest.library, "target": target.get("name"), "triple": target.get("triple")},
-            "device": {"kind": device.value, **(remote.to_json() if remote else {})},
+            "device": {"kind": kind, **(remote.to_json() if remote else {})},
             "unit": "ms",
             "stats": stats.to_json(),
             **({"kernels": rows} if kernels else {}),
         }
-        typer.echo(json.dumps(info, indent=2))
+        _print_json(info)
         return
     typer.echo(f"{artifact}/{manifest.library} ({target.get('name')}) on {where}: {stats.runs} runs after {stats.warmup} warm-up runs, ms")
     columns = ("min", "mean", "p50", "p90", "p99", "max", "std")
@@ -563,16 +610,23 @@ def _print_kernel_rows(rows: list[dict], against: Path | None) -> None:
         typer.echo(f"{row['ms']:>9.4f} {cells[0]:>9} {cells[1]:>6} {row['calls']:>5}  {row['name']}")
 
 
-def _remote_spec(device: Device, tracker: str | None, key: str | None, address: str | None, timeout: float):
-    """The RPC server to use for `--device rpc` (None for other devices, which take no RPC flags)."""
-    from compiler.errors import BenchError
-    from compiler.rpc import RemoteSpec, parse_host_port
+def _print_json(data) -> None:
+    """Every --json prints one indented JSON document to stdout, alone."""
+    typer.echo(json.dumps(data, indent=2))
 
-    if device is not Device.rpc:
-        if tracker or key or address:
-            raise BenchError(f"--rpc-tracker, --rpc-key and --rpc apply to --device rpc, not --device {device.value}")
-        return None
-    return RemoteSpec(
+
+def _device(device: Device | None, tracker: str | None, key: str | None, address: str | None, timeout: float):
+    """(device name, RPC server or None) from the device options `run`, `bench` and `evaluate` share:
+    an RPC flag implies `--device rpc`, which other devices do not take."""
+    from compiler.runtime import RemoteSpec, parse_host_port
+
+    flags = [flag for flag, value in (("--rpc-tracker", tracker), ("--rpc-key", key), ("--rpc", address)) if value]
+    kind = device.value if device is not None else "rpc" if flags else "local"
+    if kind != "rpc":
+        if flags:
+            raise EdgecError(f"{', '.join(flags)} appl{'ies' if len(flags) == 1 else 'y'} to --device rpc, not --device {kind}")
+        return kind, None
+    return kind, RemoteSpec(
         tracker=parse_host_port(tracker, "--rpc-tracker") if tracker else None,
         key=key,
         address=parse_host_port(address, "--rpc") if address else None,
@@ -585,24 +639,28 @@ def evaluate_command(
     artifact: Annotated[Path, typer.Argument(help="Artifact directory written by `edgec compile`.")],
     eval_data: Annotated[Path, typer.Option("--eval-data", help="FILE.npz: one array per input keyed by input name, samples on a new first axis, optional 'label' (N,).")],
     reference: Annotated[Optional[Path], typer.Option("--reference", help="Float model to compare with (.onnx via onnxruntime, .pt2 via PyTorch); default: the model the artifact was compiled from.")] = None,
-    device: Annotated[Device, typer.Option("--device", "-d", help="local: this CPU, in this process; qemu: the C++ runner under qemu-user (aarch64 artifacts).")] = Device.local,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+    device: DeviceOption = None,
+    rpc_tracker: RpcTrackerOption = None,
+    rpc_key: RpcKeyOption = None,
+    rpc: RpcOption = None,
+    timeout: TimeoutOption = 60.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document.")] = False,
 ) -> None:
     """Accuracy of an artifact: top-1 (with labels), top-1 agreement with the float reference, SQNR of outputs."""
+    from compiler.artifact import read_manifest
     from compiler.evaluate import evaluate, load_eval_data, manifest_reference, reference_runner
     from compiler.runtime import open_model
 
     with user_errors():
-        if device == Device.rpc:
-            raise EdgecError("evaluate runs --device local or qemu; for a remote device, fetch outputs with `edgec run --device rpc`")
-        model = open_model(artifact, device.value)
-        samples, labels = load_eval_data(eval_data, model.manifest.inputs)
-        reference_path = reference or manifest_reference(model.manifest.model)
-        float_model = reference_runner(reference_path, model.manifest.inputs)
-        with console.status(f"evaluating {len(samples)} samples"):
+        where, remote = _device(device, rpc_tracker, rpc_key, rpc, timeout)
+        manifest = read_manifest(artifact)
+        samples, labels = load_eval_data(eval_data, manifest.inputs)
+        reference_path = reference or manifest_reference(manifest.model)
+        float_model = reference_runner(reference_path, manifest.inputs)
+        with open_model(artifact, where, remote) as model, console.status(f"evaluating {len(samples)} samples"):
             report = evaluate(lambda x: list(model.run(x).values()), float_model, samples, labels, str(reference_path))
     if as_json:
-        typer.echo(json.dumps(report.to_json()))
+        _print_json(report.to_json())
         return
     if report.top1_accuracy is not None:
         typer.echo(f"top-1 accuracy: {report.top1_accuracy:.4f} (reference {report.reference_top1_accuracy:.4f}, "
@@ -626,14 +684,14 @@ def package_command(
 
 @app.command("targets")
 def targets_command(
-    as_json: Annotated[bool, typer.Option("--json", help="Print the registry as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the registry as one JSON document.")] = False,
 ) -> None:
     """List target presets and whether each can run on this machine."""
     from targets import list_presets
 
     presets = list_presets()
     if as_json:
-        typer.echo(json.dumps([p.to_json() for p in presets], indent=2))
+        _print_json([p.to_json() for p in presets])
         return
     for preset in presets:
         execution = preset.execution_here()

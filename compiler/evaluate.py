@@ -18,7 +18,8 @@ import numpy as np
 
 from compiler.artifact import sha256_file
 from compiler.errors import InputError
-from compiler.frontends import TensorSpec, require_framework
+from compiler.frontends import require_framework
+from compiler.specs import TensorSpec
 
 LABEL_KEY = "label"
 Runner = Callable[[Mapping[str, np.ndarray]], Sequence[np.ndarray]]

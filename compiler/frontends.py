@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compiler.errors import ModelImportError, UnsupportedOperatorError
+from compiler.specs import TensorSpec
 
 if TYPE_CHECKING:
     import onnx
@@ -25,22 +26,6 @@ ONNX_OPSETS = range(7, 22)  # opsets the importer is tested on
 MODEL_FORMATS = {".onnx": "onnx", ".pt2": "torch"}
 
 InputShapes = Mapping[str, Sequence[int]]
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, static shape and dtype of one model input or output."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
-        return cls(str(data["name"]), tuple(int(d) for d in data["shape"]), str(data["dtype"]))
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from compiler.artifact import MANIFEST_NAME, Manifest, read_manifest, verify_files, write_bytes_atomic
 from compiler.errors import ArtifactError
-from compiler.frontends import TensorSpec
+from compiler.specs import TensorSpec
 from compiler.runtime.toolchain import build_runner, runtime_libraries
 from targets import Preset
 

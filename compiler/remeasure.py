@@ -1,4 +1,4 @@
-"""`edgec remeasure-records`: time each kernel's best tuning records again, side by side, and keep those.
+"""`edgec records remeasure`: time each kernel's best tuning records again, side by side, and keep those.
 
 A record keeps the latency measured when the search found it, and the best record of a kernel is
 the one with the lowest. On a shared machine those latencies come from different minutes: its
@@ -24,7 +24,7 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.runner.local_runner import default_alloc_argument
 
-from compiler import tuning_db
+from compiler import provenance, tuning_db
 from compiler.errors import TuningError
 from compiler.runtime.threads import configure_threads
 from compiler.tuning import EVALUATOR, PersistentBuilder
@@ -97,6 +97,7 @@ def remeasure_records(options: RemeasureOptions, on_progress: ProgressCallback |
                 workload = ms.database.Workload.from_json(json.loads(repaired.workloads[index]))
                 top = records[: options.top_k]
                 seconds = _time_interleaved(top, workload, target, builder, options.rounds)
+                _warn_failed(directory, repaired.workloads[index], seconds)
                 timed = [(rank, record.with_run_secs(secs)) for rank, (record, secs) in enumerate(zip(top, seconds)) if secs]
                 if timed:
                     timed.sort(key=lambda item: item[1].mean_s)
@@ -109,6 +110,8 @@ def remeasure_records(options: RemeasureOptions, on_progress: ProgressCallback |
         finally:
             builder.pool.shutdown()
         tuning_db.write_records(directory, kept)
+        hashes = [str(json.loads(repaired.workloads[k.workload])[0]) for k in kernels]
+        provenance.note_measured(directory, hashes, provenance.cpu_name())
     return RemeasureReport(directory, tuple(kernels), len(repaired.records), sum(map(len, kept.values())),
                            time.monotonic() - started)
 
@@ -142,6 +145,16 @@ def _time_interleaved(records: list[tuning_db.MeasuredRecord], workload: ms.data
                 timer, args = timers[i]
                 samples[i].append(float(timer(*args).mean))
     return samples
+
+
+def _warn_failed(directory: Path, workload_line: str, seconds: list[list[float] | None]) -> None:
+    """One warning per kernel whose records no longer replay or build: they are dropped (all of
+    them failing: the kernel keeps its old records)."""
+    failed = sum(secs is None for secs in seconds)
+    if failed:
+        outcome = "kept its old records" if failed == len(seconds) else "dropped them"
+        tuning_db.log.warning(f"{directory}: kernel {json.loads(workload_line)[0]}: {failed} of its {len(seconds)} best "
+                              f"records no longer replay or build here (TVM or the kernel changed); {outcome}")
 
 
 def _candidate(record: tuning_db.MeasuredRecord, workload: ms.database.Workload) -> ms.MeasureCandidate | None:

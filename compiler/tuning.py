@@ -34,13 +34,13 @@ from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
-from compiler import tuning_db
+from compiler import provenance, tuning_db
 from compiler.accuracy import AccuracyGuard, guard_quantization
 from compiler.errors import TuningError
 from compiler.frontends import ImportedModel
 from compiler.pipeline import PipelineConfig, run_to_tuning_point
 from passes.default_schedule import default_schedule
-from compiler.rpc import RemoteSpec
+from compiler.runtime.rpc import RemoteSpec
 from compiler.runtime.threads import configure_threads
 from targets import CpuShape, Preset
 
@@ -154,6 +154,7 @@ def tune_model(model: ImportedModel, options: TuneOptions, on_progress: Progress
     directory = tuning_db.database_dir(options.tuning_log or tuning_db.user_root(), options.preset)
     stopped, log_file = None, None
     with tuning_db.open_for_tuning(directory, target) as database:
+        records_before = provenance.workload_record_counts(directory)
         progress = [_task_progress(task, database, target, options.refine) for task in tasks]
         work = _work(progress)
         todo = sorted((i for i, p in enumerate(progress) if not p.skipped), key=lambda i: -work[i])
@@ -166,6 +167,8 @@ def tune_model(model: ImportedModel, options: TuneOptions, on_progress: Progress
             session = _Session(options, target, pipeline.cpu, database, log_file, _deadline(options, start),
                                lambda: _notify(on_progress, progress, start))
             stopped = session.tune([tasks[i] for i in todo], [progress[i] for i in todo], plan)
+        cpu = provenance.cpu_name() if options.remote is None else f"remote: {options.remote.describe()}"
+        provenance.note_new_records(directory, records_before, cpu)
     return TuneReport(directory, tuple(progress), time.monotonic() - start, stopped, log_file)
 
 
@@ -216,7 +219,7 @@ def _check_remote(remote: RemoteSpec) -> None:
     """Open and close one session, so that a dead tracker or a missing device is one line, now."""
     import gc
 
-    from compiler.rpc import connect
+    from compiler.runtime.rpc import connect
 
     session = connect(remote)
     del session

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from types import MappingProxyType
 
-from targets.registry import CpuShape, Preset
+from targets.spec import CpuShape, Preset
 
 # Toolchain fields shared by every preset of an architecture.
 _X86_64 = dict(triple="x86_64-linux-gnu", cross_compiler=None, apt_package="g++",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 
@@ -59,6 +61,21 @@ def edgec(*args: object, expect: int = 0) -> str:
     assert "Traceback" not in result.output
     assert result.exit_code == expect, result.output
     return result.output
+
+
+def edgec_json(*args: object) -> object:
+    """Invoke the CLI with --json: its stdout (warnings go to stderr) is one JSON document, printed the
+    way every --json prints (indented by two), which is returned parsed."""
+    from typer.testing import CliRunner
+
+    from compiler.cli import app
+
+    result = CliRunner().invoke(app, [*map(str, args), "--json"])
+    assert "Traceback" not in result.output
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert result.stdout == json.dumps(document, indent=2) + "\n", result.stdout
+    return document
 
 
 def one_line_error(*args: object) -> str:

@@ -1,22 +1,34 @@
-"""Running compiled artifacts: in this process on the host CPU (`local`), or with the C++ runner
-under qemu-user (`qemu`), as the device would run them."""
+"""Running compiled artifacts, behind one interface: `open_model(artifact, device)` gives a model
+that runs (`run`), is timed (`bench`) and is closed (`close`, or a `with` block) the same way on
+every device of `DEVICES`: in this process on the host CPU (`local`), with the C++ runner under
+qemu-user as the device would run it (`qemu`), or on a TVM RPC server (`rpc`, which `remote` names).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Union
 
+from compiler.errors import EdgecError, RemoteError
 from compiler.runtime.common import check_inputs, read_input_files, write_outputs
 from compiler.runtime.emulated import EmulatedModel
 from compiler.runtime.local import LocalModel
+from compiler.runtime.rpc import RemoteModel, RemoteSpec, parse_host_port
+from compiler.specs import DEVICES
 
-Model = Union[LocalModel, EmulatedModel]
-DEVICES = {"local": LocalModel, "qemu": EmulatedModel}
-
-
-def open_model(artifact: Path, device: str = "local") -> Model:
-    """Load `artifact` for running on `device` (one of DEVICES)."""
-    return DEVICES[device](artifact)
+Model = Union[LocalModel, EmulatedModel, RemoteModel]
 
 
-__all__ = ["DEVICES", "EmulatedModel", "LocalModel", "Model", "check_inputs", "open_model", "read_input_files", "write_outputs"]
+def open_model(artifact: Path, device: str = "local", remote: RemoteSpec | None = None) -> Model:
+    """Load `artifact` for running on `device` (one of DEVICES); `remote` names the server for "rpc"."""
+    if device not in DEVICES:
+        raise EdgecError(f"unknown device '{device}'; choose from: {', '.join(DEVICES)}")
+    if device == "rpc":
+        if remote is None:
+            raise RemoteError("--device rpc needs --rpc-tracker HOST:PORT --rpc-key KEY, or --rpc HOST:PORT")
+        return RemoteModel(artifact, remote)
+    return (LocalModel if device == "local" else EmulatedModel)(artifact)
+
+
+__all__ = ["DEVICES", "EmulatedModel", "LocalModel", "Model", "RemoteModel", "RemoteSpec", "check_inputs", "open_model",
+           "parse_host_port", "read_input_files", "write_outputs"]

@@ -14,7 +14,7 @@ import numpy as np
 
 from compiler.artifact import Manifest, read_manifest, verify_files, write_bytes_atomic
 from compiler.errors import ArtifactError, InputError
-from compiler.frontends import TensorSpec
+from compiler.specs import TensorSpec
 from targets import Preset
 
 
@@ -52,9 +52,11 @@ def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray]) 
     return ordered
 
 
-def read_input_files(specs: Sequence[TensorSpec], assignments: Sequence[str]) -> dict[str, np.ndarray]:
-    """Read `NAME=FILE.npy` assignments (a bare `FILE.npy` is allowed for a single-input model)."""
-    arrays = {}
+def read_input_files(specs: Sequence[TensorSpec], assignments: Sequence[str], npz: Path | None = None
+                     ) -> dict[str, np.ndarray]:
+    """Read `NAME=FILE.npy` assignments (a bare `FILE.npy` is allowed for a single-input model) and
+    the arrays of an `.npz` keyed by input name (TVMC's --inputs); an input given twice is an error."""
+    arrays = _load_npz(Path(npz)) if npz is not None else {}
     for assignment in assignments:
         name, sep, file = assignment.partition("=")
         if not sep:
@@ -62,6 +64,8 @@ def read_input_files(specs: Sequence[TensorSpec], assignments: Sequence[str]) ->
                 names = ", ".join(s.name for s in specs)
                 raise InputError(f"--input '{assignment}' has no name; this model has several inputs ({names}): use NAME=FILE.npy")
             name, file = specs[0].name, assignment
+        if name in arrays:
+            raise InputError(f"input '{name}' is given twice (--input {assignment} and in {npz or 'another --input'}); give it once")
         arrays[name] = _load_npy(Path(file))
     return arrays
 
@@ -80,6 +84,20 @@ def _load_npy(path: Path) -> np.ndarray:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError) as err:
         raise InputError(f"input file '{path}' is not a .npy array ({err}); save inputs with numpy.save") from err
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise InputError(f"inputs file '{path}' does not exist")
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single array")
+        with archive:
+            return {name: archive[name] for name in archive.files}
+    except (ValueError, OSError) as err:
+        raise InputError(f"inputs file '{path}' is not an .npz archive ({err}); save inputs with "
+                         "numpy.savez(path, NAME=array, ...)") from err
 
 
 def _describe(shape: Sequence[int], dtype: str) -> str:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from compiler.runtime.common import check_inputs, open_verified
-from compiler.bench import BenchSpec, LatencyStats
 from compiler.runtime.toolchain import run_runner
+from compiler.specs import BenchSpec, LatencyStats
 
 
 class EmulatedModel:
@@ -28,6 +28,15 @@ class EmulatedModel:
         _, stats = self._run(check_inputs(self.manifest.inputs, inputs), spec)
         assert stats is not None
         return stats
+
+    def close(self) -> None:
+        """Nothing to release: every run starts the runner afresh."""
+
+    def __enter__(self) -> EmulatedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _run(self, arrays: list[np.ndarray], spec: BenchSpec | None) -> tuple[dict[str, np.ndarray], LatencyStats | None]:
         with tempfile.TemporaryDirectory(prefix="edgec-run-") as work:

@@ -9,6 +9,7 @@ import numpy as np
 
 from compiler.runtime.common import check_inputs, open_verified
 from compiler.runtime.threads import configure_threads
+from compiler.specs import BenchSpec, LatencyStats
 
 
 class LocalModel:
@@ -38,6 +39,22 @@ class LocalModel:
         # Copied out (through DLPack, cheaper than Tensor.numpy): an output can be an input tensor
         # itself (an Identity model), which the next run refills.
         return {spec.name: np.from_dlpack(value).copy() for spec, value in zip(self.manifest.outputs, values)}
+
+    def bench(self, inputs: Mapping[str, np.ndarray], spec: BenchSpec) -> LatencyStats:
+        """Latency of single runs after `spec.warmup` untimed ones (TVM's time_evaluator, number=1)."""
+        for _ in range(spec.warmup):
+            self.run(inputs)
+        seconds = self.latencies(inputs, repeat=spec.runs, number=1)
+        return LatencyStats.from_samples([s * 1e3 for s in seconds], spec.warmup)
+
+    def close(self) -> None:
+        """Nothing to release: the library stays loaded while the object lives."""
+
+    def __enter__(self) -> LocalModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def latencies(self, inputs: Mapping[str, np.ndarray], repeat: int = 10, number: int = 1) -> list[float]:
         """Seconds per run, one sample per repeat (each the mean of `number` back-to-back runs)."""

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.bench import BenchSpec, LatencyStats
 from compiler.errors import RunnerError, ToolchainError
+from compiler.specs import BenchSpec, LatencyStats
 from targets import Preset
 from targets.registry import machine_arch
 

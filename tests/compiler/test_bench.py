@@ -1,20 +1,19 @@
-"""compiler/bench.py and the settings of compiler/rpc.py, without any RPC process (see test_rpc.py)."""
+"""compiler/bench.py and the settings of compiler/runtime/rpc.py, without any RPC process (see test_rpc.py)."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import numpy as np
 import pytest
 
 from compiler.artifact import read_manifest
-from compiler.bench import (VM_BUILTINS, BenchSpec, LatencyStats, Spread, bench, bench_local, kernel_times, paired_latencies,
+from compiler.bench import (VM_BUILTINS, BenchSpec, LatencyStats, Spread, bench, kernel_times, paired_latencies,
                             random_inputs)
-from compiler.errors import ArtifactError, BenchError, RemoteError
-from compiler.frontends import TensorSpec
-from compiler.rpc import RemoteSpec, parse_host_port
-from tests.helpers import edgec, one_line_error
+from compiler.errors import ArtifactError, BenchError, EdgecError, RemoteError
+from compiler.specs import TensorSpec
+from compiler.runtime.rpc import RemoteSpec, parse_host_port
+from tests.helpers import edgec, edgec_json, one_line_error
 
 
 def test_stats_are_numpy_percentiles_of_the_samples():
@@ -156,7 +155,7 @@ def test_remote_spec_describes_itself():
 
 
 def test_bench_local_times_single_runs(compiled):
-    stats = bench_local(compiled("digits", "onnx", "host"), BenchSpec(warmup=2, runs=25))
+    stats = bench(compiled("digits", "onnx", "host"), BenchSpec(warmup=2, runs=25))
     assert (stats.runs, stats.warmup) == (25, 2)
     assert 0 < stats.min <= stats.p50 <= stats.p90 <= stats.p99 <= stats.max
 
@@ -171,9 +170,9 @@ def test_bench_device_choices(compiled):
     artifact = compiled("digits", "onnx", "host")
     with pytest.raises(ArtifactError, match="use --device local"):
         bench(artifact, BenchSpec(), "qemu")
-    with pytest.raises(BenchError, match="needs --rpc-tracker"):
+    with pytest.raises(RemoteError, match="needs --rpc-tracker"):
         bench(artifact, BenchSpec(), "rpc")
-    with pytest.raises(BenchError, match="unknown device 'gpu'; choose from: local, rpc, qemu"):
+    with pytest.raises(EdgecError, match="unknown device 'gpu'; choose from: local, qemu, rpc"):
         bench(artifact, BenchSpec(), "gpu")
 
 
@@ -201,7 +200,7 @@ def _kernel_calls_in_main(artifact) -> dict[str, int]:
 
 def test_kernel_times_of_two_builds_on_the_cli(compiled):
     nchw, nhwc = compiled("digits", "onnx", "host"), compiled("digits", "onnx", "x86-64")
-    info = json.loads(edgec("bench", nchw, "--runs", 6, "--warmup", 1, "--kernels", 3, "--against", nhwc, "--json"))
+    info = edgec_json("bench", nchw, "--runs", 6, "--warmup", 1, "--kernels", 3, "--against", nhwc)
     rows = info["kernels"]
     assert len(rows) == 3 and rows[0]["ms"] >= rows[1]["ms"] >= rows[2]["ms"] > 0
     assert all("against_ms" in row for row in rows)

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from tests.helpers import edgec, one_line_error
+from tests.helpers import edgec, edgec_json, one_line_error
 
 
 def test_compile_then_run_matches_onnxruntime(example, tmp_path):
@@ -20,7 +20,7 @@ def test_compile_then_run_matches_onnxruntime(example, tmp_path):
 
 
 def test_targets_lists_every_preset_with_where_it_runs():
-    listed = json.loads(edgec("targets", "--json"))
+    listed = edgec_json("targets")
     names = {p["name"] for p in listed}
     assert {"x86-64", "x86-avx512", "host", "cortex-a53", "cortex-a72", "cortex-a76", "armv7",
             "mali-g52", "mali-g610", "jetson-orin", "cuda-sm80", "cuda-sm90"} <= names
@@ -76,6 +76,34 @@ def test_run_with_a_wrong_input_names_expected_and_given(array, message, compile
     np.save(tmp_path / "x.npy", array)
     error = one_line_error("run", compiled("digits", "onnx", "host"), "--input", f"input={tmp_path / 'x.npy'}")
     assert message in error
+
+
+def test_run_takes_inputs_from_an_npz_as_tvmc_does(example, compiled, tmp_path):
+    files = example("digits")
+    artifact = compiled("digits", "onnx", "host")
+    np.savez(tmp_path / "inputs.npz", input=files.input)
+    edgec("run", artifact, "--inputs", tmp_path / "inputs.npz", "-o", tmp_path / "y.npz")
+    with np.load(tmp_path / "y.npz") as outputs:
+        assert np.abs(outputs["output"] - files.onnxruntime_output()).max() < 1e-4
+    np.save(tmp_path / "x.npy", files.input)
+    twice = one_line_error("run", artifact, "--inputs", tmp_path / "inputs.npz", "--input", f"input={tmp_path / 'x.npy'}")
+    assert "input 'input' is given twice" in twice
+    np.savez(tmp_path / "other.npz", image=files.input)
+    assert "unknown input image; the model's inputs are: input" in one_line_error("run", artifact, "--inputs", tmp_path / "other.npz")
+    assert "is not an .npz archive" in one_line_error("run", artifact, "--inputs", tmp_path / "x.npy")
+    assert "does not exist" in one_line_error("run", artifact, "--inputs", tmp_path / "none.npz")
+
+
+def test_every_json_option_prints_one_indented_document(compiled, example, tmp_path):
+    """targets, bench, evaluate and records list print --json alike (edgec_json checks the format)."""
+    artifact = compiled("digits", "onnx", "host")
+    files = example("digits")
+    np.savez(tmp_path / "eval.npz", input=np.stack([files.input] * 2))
+    assert isinstance(edgec_json("targets"), list)
+    assert edgec_json("bench", artifact, "--runs", 2, "--warmup", 0)["device"] == {"kind": "local"}
+    assert edgec_json("evaluate", artifact, "--eval-data", tmp_path / "eval.npz", "--reference", files.onnx)["samples"] == 2
+    listed = edgec_json("records", "list", "--target", "x86-64", "--tuning-log", "tuning_logs")
+    assert listed["kernels"] and all(k["cpu"] and k["date"] for k in listed["kernels"])
 
 
 def test_run_of_a_cross_compiled_artifact_says_why_not(compiled, tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from examples.digits_cnn import load_digits_split
-from tests.helpers import edgec, one_line_error
+from tests.helpers import edgec, edgec_json, one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def _phase(manifest: dict, name: str) -> dict:
 
 
 def _evaluate(artifact, data) -> dict:
-    return json.loads(edgec("evaluate", artifact, "--eval-data", data / "eval.npz", "--json").strip().splitlines()[-1])
+    return edgec_json("evaluate", artifact, "--eval-data", data / "eval.npz")
 
 
 def test_int8_compile_records_settings_and_layers_and_stays_accurate(example, digits_data, tmp_path):

@@ -8,7 +8,6 @@ message and a bound on the wall time: none may hang.
 from __future__ import annotations
 
 import gc
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -18,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compiler.bench import BenchSpec, LatencyStats, bench_rpc, random_inputs, run_rpc
+from compiler.bench import BenchSpec, LatencyStats, bench, random_inputs
 from compiler.errors import RemoteError
-from compiler.rpc import RemoteModel, RemoteSpec, connect
-from tests.helpers import edgec, one_line_error
+from compiler.runtime import open_model
+from compiler.runtime.rpc import RemoteModel, RemoteSpec, connect
+from tests.helpers import edgec, edgec_json, one_line_error
 from tests.rpc_processes import (HOST, Process, accepts, free_port, free_servers, start_server, start_tracker,
                                  tracker_summary, wait_for)
 
@@ -70,6 +70,11 @@ def artifact(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("rpc") / "opset13-host"
     compile_model(import_onnx(opset_model(13)), CompileOptions(resolve_target("host")), out)
     return out
+
+
+def _run_once(artifact: Path, inputs: dict, remote: RemoteSpec) -> dict[str, np.ndarray]:
+    with open_model(artifact, "rpc", remote) as model:
+        return model.run(inputs)
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:
@@ -128,7 +133,7 @@ def test_server_killed_mid_bench_fails_in_one_line(cluster, artifact):
 
     def long_bench() -> None:
         try:
-            result["stats"] = bench_rpc(artifact, BenchSpec(warmup=0, runs=10**9), cluster.spec("doomed-bench"))
+            result["stats"] = bench(artifact, BenchSpec(warmup=0, runs=10**9), "rpc", cluster.spec("doomed-bench"))
         except RemoteError as err:
             result["error"] = err
 
@@ -140,7 +145,7 @@ def test_server_killed_mid_bench_fails_in_one_line(cluster, artifact):
     killed = time.monotonic()
     server.kill()
     thread.join(15)
-    assert not thread.is_alive(), "bench_rpc hangs after its server died"
+    assert not thread.is_alive(), "bench hangs after its server died"
     assert time.monotonic() - killed < 15
     message = str(result["error"])
     assert "\n" not in message
@@ -163,7 +168,7 @@ def test_server_killed_between_load_and_run_fails_in_one_line(cluster, artifact)
 def test_bench_over_tracker_and_outputs_match_local(cluster, artifact):
     from compiler.runtime import LocalModel
 
-    stats = bench_rpc(artifact, BenchSpec(warmup=3, runs=50), cluster.spec("edge"))
+    stats = bench(artifact, BenchSpec(warmup=3, runs=50), "rpc", cluster.spec("edge"))
     assert set(stats.to_json()) == {"runs", "warmup", "min", "mean", "p50", "p90", "p99", "max", "std"}
     assert (stats.runs, stats.warmup) == (50, 3)
     assert 0 < stats.min <= stats.p50 <= stats.p90 <= stats.p99 <= stats.max
@@ -171,7 +176,7 @@ def test_bench_over_tracker_and_outputs_match_local(cluster, artifact):
 
     local = LocalModel(artifact)
     inputs = random_inputs(local.manifest.inputs, seed=7)
-    remote = run_rpc(artifact, inputs, cluster.spec("edge"))
+    remote = _run_once(artifact, inputs, cluster.spec("edge"))
     expected = local.run(inputs)
     assert remote.keys() == expected.keys() == {"output"}
     assert remote["output"].shape == (1, 5)
@@ -181,7 +186,7 @@ def test_bench_over_tracker_and_outputs_match_local(cluster, artifact):
 def test_library_the_device_cannot_load_names_the_target(cluster, compiled):
     arm = compiled("digits", "onnx", "cortex-a72")  # aarch64 code, offered to this x86-64 server
     with pytest.raises(RemoteError) as err:
-        run_rpc(arm, {"input": np.zeros((1, 1, 8, 8), "float32")}, cluster.spec("edge"))
+        _run_once(arm, {"input": np.zeros((1, 1, 8, 8), "float32")}, cluster.spec("edge"))
     message = one_line(err)
     assert message.startswith("the RPC server under key 'edge'") and "failed while loading model.so" in message
     assert message.endswith("is the device a cortex-a72 (aarch64-linux-gnu)?")
@@ -195,8 +200,8 @@ def test_direct_server_without_tracker(cluster, artifact):
     spec = RemoteSpec(address=(HOST, cluster.standalone), timeout_s=30)
     local = LocalModel(artifact)
     inputs = random_inputs(local.manifest.inputs)
-    assert np.abs(run_rpc(artifact, inputs, spec)["output"] - local.run(inputs)["output"]).max() < 1e-6
-    stats = bench_rpc(artifact, BenchSpec(warmup=1, runs=10), spec)
+    assert np.abs(_run_once(artifact, inputs, spec)["output"] - local.run(inputs)["output"]).max() < 1e-6
+    stats = bench(artifact, BenchSpec(warmup=1, runs=10), "rpc", spec)
     assert stats.runs == 10 and stats.p50 <= stats.max
 
 
@@ -231,16 +236,15 @@ def test_direct_server_down_says_how_to_start_it():
 
 
 def test_cli_bench_over_rpc_as_json(cluster, artifact):
-    out = edgec("bench", artifact, "--device", "rpc", "--rpc-tracker", f"{HOST}:{cluster.tracker}", "--rpc-key", "edge",
-                "--warmup", 2, "--runs", 20, "--json")
-    report = json.loads(out)
+    report = edgec_json("bench", artifact, "--device", "rpc", "--rpc-tracker", f"{HOST}:{cluster.tracker}", "--rpc-key", "edge",
+                        "--warmup", 2, "--runs", 20)
     assert report["device"] == {"kind": "rpc", "tracker": f"127.0.0.1:{cluster.tracker}", "key": "edge", "timeout_s": 60.0}
     assert report["artifact"]["target"] == "host" and report["artifact"]["library"] == "model.so"
     assert report["unit"] == "ms"
     stats = report["stats"]
     assert (stats["runs"], stats["warmup"]) == (20, 2)
     assert stats["min"] <= stats["p50"] <= stats["p90"] <= stats["p99"] <= stats["max"]
-    direct = json.loads(edgec("bench", artifact, "--device", "rpc", "--rpc", f"{HOST}:{cluster.standalone}", "--runs", 5, "--json"))
+    direct = edgec_json("bench", artifact, "--device", "rpc", "--rpc", f"{HOST}:{cluster.standalone}", "--runs", 5)
     assert direct["device"]["address"] == f"127.0.0.1:{cluster.standalone}" and direct["stats"]["runs"] == 5
 
 
@@ -263,7 +267,10 @@ def test_cli_bench_one_line_errors(artifact):
         "bench", artifact, "--device", "rpc", "--rpc-tracker", f"127.0.0.1:{port}")
     assert "not both" in one_line_error(
         "bench", artifact, "--device", "rpc", "--rpc-tracker", "h:1", "--rpc-key", "k", "--rpc", "h:2")
-    assert "apply to --device rpc, not --device local" in one_line_error("bench", artifact, "--rpc", "h:2")
+    assert "--rpc applies to --device rpc, not --device local" in one_line_error("bench", artifact, "--device", "local", "--rpc", "h:2")
+    assert "--rpc-tracker, --rpc-key apply to --device rpc, not --device qemu" in one_line_error(
+        "run", artifact, "--device", "qemu", "--rpc-tracker", "h:1", "--rpc-key", "k")
+    assert "--rpc applies to --device rpc" in one_line_error("evaluate", artifact, "--eval-data", "x.npz", "-d", "local", "--rpc", "h:2")
     assert "use --device local" in one_line_error("bench", artifact, "--device", "qemu")  # a host artifact
     assert "--runs must be an integer >= 1, got 0" in one_line_error("bench", artifact, "--runs", 0)
 
@@ -281,3 +288,33 @@ def test_cli_run_over_rpc_matches_a_local_run(artifact, cluster, tmp_path):
     with np.load(tmp_path / "out.npz") as remote:
         for name, expected in model.run(inputs).items():
             assert np.abs(remote[name] - expected).max() < 1e-6
+
+
+def test_rpc_flags_imply_the_rpc_device(cluster, artifact, tmp_path):
+    """No --device: an --rpc flag means the RPC device, for bench and run alike."""
+    report = edgec_json("bench", artifact, "--rpc", f"{HOST}:{cluster.standalone}", "--runs", 3, "--warmup", 0)
+    assert report["device"]["kind"] == "rpc" and report["device"]["address"] == f"127.0.0.1:{cluster.standalone}"
+    inputs = random_inputs(open_model(artifact).manifest.inputs, seed=5)
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    edgec("run", artifact, "--inputs", tmp_path / "inputs.npz", "--rpc-tracker", f"{HOST}:{cluster.tracker}",
+          "--rpc-key", "edge", "-o", tmp_path / "out.npz")
+    with np.load(tmp_path / "out.npz") as remote:
+        for name, expected in open_model(artifact).run(inputs).items():
+            assert np.abs(remote[name] - expected).max() < 1e-6
+
+
+def test_cli_evaluate_over_rpc_matches_a_local_evaluation(cluster, compiled, example, tmp_path):
+    digits = compiled("digits", "onnx", "host")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "eval.npz", input=rng.standard_normal((12, 1, 1, 8, 8)).astype("float32"),
+             label=rng.integers(0, 10, 12))
+    args = ["evaluate", digits, "--eval-data", tmp_path / "eval.npz", "--reference", example("digits").onnx]
+    local = edgec_json(*args)
+    remote = edgec_json(*args, "--device", "rpc", "--rpc", f"{HOST}:{cluster.standalone}")
+    assert remote["samples"] == local["samples"] == 12
+    assert remote["top1_agreement"] == local["top1_agreement"] == 1.0
+    assert remote["top1_accuracy"] == local["top1_accuracy"]
+    assert remote["sqnr_db"] is None or remote["sqnr_db"] > 80
+    # the session was closed: the standalone server serves the next client at once
+    with open_model(digits, "rpc", RemoteSpec(address=(HOST, cluster.standalone), timeout_s=5)) as model:
+        assert model.manifest.inputs[0].name == "input"

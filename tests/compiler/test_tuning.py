@@ -11,6 +11,7 @@ worker (`tvm.exec.popen_worker`) may outlive the run that started it.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -27,16 +28,15 @@ import psutil
 import pytest
 from tvm.s_tir import meta_schedule as ms
 
-from compiler import tuning, tuning_db
+from compiler import provenance, remeasure, tuning, tuning_db
 from compiler.build import CompileOptions, compile_model
 from compiler.errors import TuningError
 from compiler.pipeline import PipelineConfig, run_to_tuning_point
-from compiler.runtime.rpc import RemoteSpec
-from compiler.runtime import open_model
+from compiler.runtime import RemoteSpec, open_model
 from compiler.tuning import TaskProgress, TuneOptions, plan_trials, tune_model
 from targets import X86_BY_CAPABILITY, resolve_target
 from tests.rpc_processes import HOST, Process, free_port, start_server, start_tracker
-from tests.helpers import edgec, one_line_error
+from tests.helpers import edgec, edgec_json, one_line_error
 
 KERNELS = 4  # opset_model(13): conv+bias+relu, mean, squeeze, matmul+bias
 PER_ITER = 4
@@ -155,7 +155,7 @@ def test_compact_keeps_the_best_record_per_kernel_and_compiles_the_same(tuned, o
     with tuning_db.open_for_tuning(directory, target) as database:
         tasks = ms.relax_integration.extract_tasks(run_to_tuning_point(model.mod, target, PipelineConfig()), target)
         best = [database.query_tuning_record(t.dispatched[0], target, t.task_name).run_secs for t in tasks]
-    out = edgec("compact-records", "--target", "host", "--tuning-log", tmp_path / "logs")
+    out = edgec("records", "compact", "--target", "host", "--tuning-log", tmp_path / "logs")
     assert f"{KERNELS} kernels, {len(lines(root / 'host' / tuning_db.RECORDS))} -> {KERNELS} records" in out
     assert len(lines(directory / tuning_db.RECORDS)) == KERNELS
     with tuning_db.open_for_tuning(directory, target) as database:
@@ -184,7 +184,7 @@ def test_compact_keeping_only_some_models_kernels_drops_every_other_workload(tun
     graph.output.append(onnx.helper.make_tensor_value_info("relu", onnx.TensorProto.FLOAT, [1, 4, 8, 8]))
     onnx.save(first_layer, tmp_path / "first_layer.onnx")
 
-    out = edgec("compact-records", "--target", "host", "--tuning-log", tmp_path / "logs",
+    out = edgec("records", "compact", "--target", "host", "--tuning-log", tmp_path / "logs",
                 "--keep-models", tmp_path / "first_layer.onnx")
     assert f"1 kernels, {len(lines(root / 'host' / tuning_db.RECORDS))} -> 1 records" in out
     assert len(lines(directory / tuning_db.WORKLOADS)) == 1 and len(lines(directory / tuning_db.RECORDS)) == 1
@@ -206,7 +206,7 @@ def test_remeasure_times_each_kernels_best_records_again_and_keeps_only_those(tu
             row[1][1] = [1e-9]
     (directory / tuning_db.RECORDS).write_text("".join(json.dumps(row) + "\n" for row in records))
 
-    out = edgec("remeasure-records", "--target", "host", "--top", 2, "--rounds", 3, "--tuning-log", tmp_path / "logs")
+    out = edgec("records", "remeasure", "--target", "host", "--top", 2, "--rounds", 3, "--tuning-log", tmp_path / "logs")
     assert f"of {KERNELS} kernels" in out
     after = tuning_db.measured_records(tuning_db.read_repaired(directory))
     assert sorted(after) == sorted(before)
@@ -220,9 +220,56 @@ def test_remeasure_times_each_kernels_best_records_again_and_keeps_only_those(tu
 
 
 def test_remeasure_needs_code_that_runs_here_and_a_database(tmp_path):
-    assert "cortex-a72 code cannot run here" in one_line_error("remeasure-records", "--target", "cortex-a72")
-    message = one_line_error("remeasure-records", "--target", "host", "--tuning-log", tmp_path)
+    assert "cortex-a72 code cannot run here" in one_line_error("records", "remeasure", "--target", "cortex-a72")
+    message = one_line_error("records", "remeasure", "--target", "host", "--tuning-log", tmp_path)
     assert message == f"error: no tuning database at {tmp_path / 'host'}; tune first with: edgec tune MODEL --target host"
+
+
+def test_remeasure_warns_of_records_that_no_longer_replay(tuned, tmp_path, monkeypatch):
+    """A record whose trace fails to replay is dropped with a warning naming the kernel, not silently."""
+    root, _ = tuned
+    directory = copy_database(root, tmp_path)
+    before = tuning_db.measured_records(tuning_db.read_repaired(directory))
+    index = next(i for i, records in before.items() if len(records) >= 2)
+    broken = before[index][1].body[0]  # the second fastest record's trace
+    replay = remeasure._candidate
+    monkeypatch.setattr(remeasure, "_candidate", lambda record, workload: None if record.body[0] == broken else replay(record, workload))
+    out = edgec("records", "remeasure", "--target", "host", "--top", 2, "--rounds", 1, "--tuning-log", tmp_path / "logs")
+    workload = json.loads(lines(directory / tuning_db.WORKLOADS)[index])[0]
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and f"kernel {workload}: 1 of its 2 best records no longer replay" in warnings[0]
+    after = tuning_db.measured_records(tuning_db.read_repaired(directory))
+    assert [r.body[0] for r in after[index]] == [before[index][0].body[0]]  # the broken one was dropped
+    noted = provenance.read_measured(directory)
+    assert {note["cpu"] for note in noted.values()} == {provenance.cpu_name()} and len(noted) == KERNELS
+
+
+def test_tune_notes_the_cpu_and_date_of_its_records(tuned):
+    root, _ = tuned
+    noted = provenance.read_measured(root / "host")
+    assert len(noted) == KERNELS and set(noted) == {json.loads(line)[0] for line in lines(root / "host" / tuning_db.WORKLOADS)}
+    assert {note["cpu"] for note in noted.values()} == {provenance.cpu_name()} != {"unknown"}
+    for note in noted.values():  # a UTC time during this session
+        measured = datetime.datetime.strptime(note["date"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+        assert datetime.timedelta(0) <= datetime.datetime.now(datetime.timezone.utc) - measured < datetime.timedelta(hours=3)
+
+
+def test_records_list_names_kernels_models_cpu_and_date(tuned, onnx_file, tmp_path):
+    root, report = tuned
+    directory = copy_database(root, tmp_path)
+    listed = edgec_json("records", "list", "--target", "host", "--tuning-log", tmp_path / "logs", "--model", onnx_file)
+    assert listed["database"] == str(directory)
+    kernels = listed["kernels"]
+    assert len(kernels) == KERNELS and sum(k["records"] for k in kernels) == len(lines(directory / tuning_db.RECORDS))
+    assert all(k["models"] == [onnx_file.name] and len(k["kernels"]) == 1 for k in kernels)
+    assert sorted(k["kernels"][0] for k in kernels) == sorted(t.name for t in report.tasks)
+    assert all(k["cpu"] == provenance.cpu_name() and k["best_ms"] > 0 for k in kernels)
+    (directory / provenance.MEASURED).unlink()  # records from before edgec noted where they were measured
+    table = edgec("records", "list", "--target", "host", "--tuning-log", tmp_path / "logs")
+    assert table.splitlines()[0] == f"{directory}: {KERNELS} kernels, {len(lines(directory / tuning_db.RECORDS))} records"
+    assert all(line.split()[-2:] == ["unknown", "unknown"] for line in table.splitlines()[2:])
+    message = one_line_error("records", "list", "--target", "host", "--tuning-log", tmp_path / "none")
+    assert message == f"error: no tuning database at {tmp_path / 'none' / 'host'}; tune first with: edgec tune MODEL --target host"
 
 
 def test_rerun_skips_every_tuned_task_without_new_trials(tuned, model, host):

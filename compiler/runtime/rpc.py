@@ -23,6 +23,8 @@ import numpy as np
 
 from compiler.artifact import read_manifest, verify_files
 from compiler.errors import RemoteError
+from compiler.runtime.common import check_inputs
+from compiler.specs import BenchSpec, LatencyStats
 from targets import Preset
 
 # What the tvm.error.InternalError says when the server is gone: the reply to a call was a shutdown
@@ -134,10 +136,13 @@ class RemoteModel:
             timer = self._vm.time_evaluator("invoke_stateful", self.device, number=1, repeat=repeat, min_repeat_ms=0)
             return list(timer("main").results)
 
+    def bench(self, inputs: Mapping[str, np.ndarray], spec: BenchSpec) -> LatencyStats:
+        """Latency of single runs, timed on the device itself."""
+        seconds = self.latencies(inputs, repeat=spec.runs, warmup=spec.warmup)
+        return LatencyStats.from_samples([s * 1e3 for s in seconds], spec.warmup)
+
     def _set_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
         import tvm
-
-        from compiler.runtime import check_inputs
 
         with self._step("sending inputs"):
             tensors = [tvm.runtime.tensor(a, self.device) for a in check_inputs(self.manifest.inputs, inputs)]
