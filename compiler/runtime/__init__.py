@@ -6,17 +6,38 @@ qemu-user as the device would run it (`qemu`), or on a TVM RPC server (`rpc`, wh
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Union
+from typing import Protocol
 
+import numpy as np
+
+from compiler.artifact import Manifest
 from compiler.errors import EdgecError, RemoteError
 from compiler.runtime.common import check_inputs, read_input_files, write_outputs
 from compiler.runtime.emulated import EmulatedModel
 from compiler.runtime.local import LocalModel
 from compiler.runtime.rpc import RemoteModel, RemoteSpec, parse_host_port
-from compiler.specs import DEVICES
+from compiler.specs import DEVICES, BenchSpec, LatencyStats
 
-Model = Union[LocalModel, EmulatedModel, RemoteModel]
+
+class Model(Protocol):
+    """What every device's model does (LocalModel, EmulatedModel, RemoteModel)."""
+
+    manifest: Manifest
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once; outputs keyed by the manifest's output names."""
+
+    def bench(self, inputs: Mapping[str, np.ndarray], spec: BenchSpec) -> LatencyStats:
+        """Latency of single runs after `spec.warmup` untimed ones."""
+
+    def close(self) -> None:
+        """Release the device (an RPC session: the server serves one client at a time)."""
+
+    def __enter__(self) -> Model: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 def open_model(artifact: Path, device: str = "local", remote: RemoteSpec | None = None) -> Model:
