@@ -121,26 +121,45 @@ def kernel_module(func: tvm.tirx.PrimFunc) -> tvm.IRModule:
 
 
 def default_schedule(mod: tvm.IRModule, target: tvm.target.Target, cpu: CpuShape) -> s_tir.Schedule | None:
-    """The default point of `mod`'s MetaSchedule design space, postprocessed; None if none applies."""
-    context = ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply",
-                             task_name="default", rand_state=0, num_threads=1)
-    generator = context.space_generator
-    try:
-        spaces = generator.generate_design_space(mod)
-    except (RuntimeError, ValueError, TypeError) as err:
-        log.debug("no design space: %s", err)
-        return None
-    for space in _by_preference(spaces):
-        sch = s_tir.Schedule(mod, debug_mask="all")
+    """The default point of `mod`'s MetaSchedule design space, postprocessed; None if none applies.
+
+    The target's own rules first (what `edgec tune` explores); where they only offer tensorized
+    spaces (int8 dot-product intrinsics, e.g. VNNI on x86-avx512), TVM's generic LLVM rules, whose
+    int8 kernels are vectorized int32 code: a tensorized default needs decisions that keep the
+    vectorizer off the intrinsic's loops, not made yet.
+    """
+    for rules in ("from-target", "llvm"):
+        generator = ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=rules, mutator_probs=rules)
+        context = ms.TuneContext(mod=mod, target=target, space_generator=generator,
+                                 task_name="default", rand_state=0, num_threads=1)
         try:
-            space.trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=_Decisions(sch, cpu))
+            spaces = context.space_generator.generate_design_space(mod)
         except (RuntimeError, ValueError, TypeError) as err:
-            log.debug("design space did not replay: %s", err)
-            continue
-        sch.enter_postproc()  # a replay of the trace without postprocessing stops here (tuning does)
-        if all(postproc.apply(sch) for postproc in generator.postprocs):
-            return sch
+            log.debug("no design space: %s", err)
+            return None
+        for space in _by_preference(spaces):
+            if _tensorized(space):
+                continue
+            sch = _replayed(mod, space, context.space_generator.postprocs, cpu)
+            if sch is not None:
+                return sch
     return None
+
+
+def _replayed(mod: tvm.IRModule, space: s_tir.Schedule, postprocs: list, cpu: CpuShape) -> s_tir.Schedule | None:
+    """`space`'s trace replayed on `mod` at edgec's decisions, then postprocessed as tuning does."""
+    sch = s_tir.Schedule(mod)
+    try:
+        space.trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=_Decisions(sch, cpu))
+        sch.enter_postproc()  # a replay of the trace without postprocessing stops here (tuning does)
+        return sch if all(postproc.apply(sch) for postproc in postprocs) else None
+    except (RuntimeError, ValueError, TypeError) as err:  # decisions this kernel's loops do not take
+        log.debug("design space did not replay: %s", err)
+        return None
+
+
+def _tensorized(space: s_tir.Schedule) -> bool:
+    return any(inst.kind.name == "Blockize" for inst in space.trace.insts)
 
 
 def _by_preference(spaces: list[s_tir.Schedule]) -> list[s_tir.Schedule]:
