@@ -57,7 +57,7 @@ from compiler.tuning_db import shipped_root
 from targets import X86_BY_CAPABILITY, Preset, first_native, resolve_target
 from passes import LayoutConfig, WinogradConfig
 
-console = Console()
+console = Console(width=None if Console().is_terminal else 240)
 THREADS = 2
 
 

@@ -8,9 +8,10 @@
    own, if you tuned: compiler/tuning_db.py), and for an ARM preset (cross-linked aarch64 .so, no
    records shipped);
 3. runs the x86 builds in-process and the ARM builds with edgec's C++ runner under qemu-aarch64, and
-   prints their agreement with onnxruntime and PyTorch, and the x86 builds' tuned latency next to
-   onnxruntime's (medians, 2 threads each, the two timed in alternating rounds; the ratio is the
-   median of the rounds' ratios).
+   prints their agreement with onnxruntime and PyTorch, and the x86 builds' latency next to
+   onnxruntime's: tuned (the records), and zero-trial (the same model compiled with no records at
+   all: edgec's default schedules, what a model nobody tuned gets); medians, 2 threads each, the
+   engines timed in alternating rounds; the ratios are the medians of the rounds' ratios.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from compiler.artifact import read_manifest
 from compiler.bench import paired_latencies
 from compiler.build import CompileOptions, compile_model
 from compiler.frontends import load_model
+from compiler.pipeline import PipelineConfig
 from compiler.runtime import open_model
 from targets import X86_BY_CAPABILITY, first_native, resolve_target
 from targets.elf import elf_machine
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
 
     table = Table(title="edgec quick start (fp32, batch 1)")
     for column in ("model", "target", "library", "kernels tuned", "max abs diff vs onnxruntime", "top-1 = PyTorch",
-                   "edgec p50 ms", "onnxruntime p50 ms", "onnxruntime / edgec"):
+                   "edgec tuned p50 ms", "zero-trial p50 ms", "onnxruntime p50 ms", "onnxruntime / tuned",
+                   "onnxruntime / zero-trial"):
         table.add_column(column)
     for example in (_digits(args.out), _resnet18(args.out)):
         for target in (x86_target, args.arm_target):
@@ -116,7 +119,7 @@ def _compile_and_check(example: Example, target: str, out: Path) -> list[str]:
     tuned = f"{tuning['tuned']} of {tuning['tasks']}" if tuning else "no records"
     execution = preset.execution_here()
     if execution.mode == "compile-only":
-        return [example.name, preset.name, library, tuned, f"not run here ({execution.reason})", "-", "-", "-", "-"]
+        return [example.name, preset.name, library, tuned, f"not run here ({execution.reason})", *["-"] * 6]
 
     emulated = execution.mode == "qemu"
     model = open_model(artifact, "qemu" if emulated else "local")
@@ -126,16 +129,27 @@ def _compile_and_check(example: Example, target: str, out: Path) -> list[str]:
         outputs = np.stack([model.run({"input": x})["output"] for x in inputs])
         ort_outputs = np.stack([reference(x) for x in inputs])
         if emulated:  # qemu timings say nothing about the device's speed
-            edgec_ms = ort_ms = ratio = "-"
+            timings = ["-"] * 5
         else:
-            feed = {"input": inputs[0]}
-            timed = paired_latencies({"edgec": lambda: model.run(feed), "onnxruntime": lambda: reference(inputs[0])},
-                                     "edgec", rounds=TIMING_ROUNDS, runs=max(1, example.repeats // TIMING_ROUNDS))
-            edgec_ms, ort_ms = (f"{timed.median_s[name] * 1e3:.2f}" for name in ("edgec", "onnxruntime"))
-            ratio = f"{timed.relative['onnxruntime'].median:.2f}"
+            timings = _timed(example, preset, artifact, model, reference)
     agreement = (outputs.argmax(-1) == example.torch_outputs[: len(outputs)].argmax(-1)).mean()
     return [example.name, f"{preset.name} ({execution.mode})", library, tuned, f"{np.abs(outputs - ort_outputs).max():.2e}",
-            f"{agreement:.1%} ({len(outputs)})", edgec_ms, ort_ms, ratio]
+            f"{agreement:.1%} ({len(outputs)})", *timings]
+
+
+def _timed(example: Example, preset, artifact: Path, model, reference: Callable) -> list[str]:
+    """Tuned, zero-trial (compiled again with no records) and onnxruntime, in the same rounds."""
+    zero_trial_dir = artifact.with_name(artifact.name + "-zero-trial")
+    with console.status(f"compiling {example.name} for {preset.name} with no tuning records (zero-trial)"):
+        compile_model(load_model(example.onnx), CompileOptions(preset, PipelineConfig(tuning_log=None)), zero_trial_dir)
+    zero_trial = open_model(zero_trial_dir, "local")
+    feed = {"input": example.inputs[0]}
+    timed = paired_latencies({"edgec": lambda: model.run(feed), "zero-trial": lambda: zero_trial.run(feed),
+                              "onnxruntime": lambda: reference(example.inputs[0])},
+                             "edgec", rounds=TIMING_ROUNDS, runs=max(1, example.repeats // TIMING_ROUNDS))
+    ms = [f"{timed.median_s[name] * 1e3:.2f}" for name in ("edgec", "zero-trial", "onnxruntime")]
+    zero_trial_ratio = timed.relative["onnxruntime"].median / timed.relative["zero-trial"].median
+    return [*ms, f"{timed.relative['onnxruntime'].median:.2f}", f"{zero_trial_ratio:.2f}"]
 
 
 def _onnxruntime(path: Path) -> Callable[[np.ndarray], np.ndarray]:

@@ -44,6 +44,7 @@ TUNED, TRANSFERRED, DEFAULT, NAIVE = "tuned", "transferred", "edgec-default", "n
 SCHEDULED_ATTR = "tirx.is_scheduled"
 # Unroll steps among MetaSchedule's candidates (0, 16, 64, 512): enough to unroll a register tile
 _UNROLL_STEPS = 64
+_MAX_ROWS = 16  # rows of a register tile: 112-wide rows at 28 spilled (2x slower than 14, MobileNetV2)
 _MAX_VECTORS = 2  # column vectors of a register tile (MLAS AVX-512 12x32 = 2 vectors of 16)
 
 
@@ -249,8 +250,8 @@ def _tiled_block_plan(block: Any, cpu: CpuShape) -> dict[int, list[int]]:
     plan: dict[int, list[int]] = {}
     columns, vectors = _columns(extent[spatial[-1]], lanes) if spatial else (1, 1)
     rows_var = next((i for i in reversed(spatial[:-1]) if extent[i] > 1), None)
-    rows = _largest_divisor(extent[rows_var], max(1, (cpu.vector_registers - vectors - 1) // vectors)) \
-        if rows_var is not None else 1
+    budget = min(_MAX_ROWS, max(1, (cpu.vector_registers - vectors - 1) // vectors))
+    rows = _largest_divisor(extent[rows_var], budget) if rows_var is not None else 1
     for i in spatial:
         inner = columns if i == spatial[-1] else rows if i == rows_var else 1
         plan[i] = [1, extent[i] // inner, 1, inner]
