@@ -262,3 +262,13 @@ def test_manifest_round_trips_through_read_manifest(compiled):
     artifact = compiled("digits", "onnx", "host")
     data = json.loads((artifact / "manifest.json").read_text())
     assert read_manifest(artifact).to_json() == data
+
+
+def test_the_same_model_and_preset_give_a_byte_identical_library(example, tmp_path):
+    """Default schedules are chosen, never sampled or measured: two compiles, one library."""
+    model = load_model(example("digits").onnx)
+    options = CompileOptions(resolve_target("x86-64"), PipelineConfig(tuning_log=None))
+    first = compile_model(model, options, tmp_path / "first")
+    second = compile_model(model, options, tmp_path / "second")
+    assert first.files["model.so"] == second.files["model.so"]
+    assert set(first.schedules.values()) == {"edgec-default"}

@@ -11,6 +11,8 @@ for an ARM core under qemu). The full matrix is `pytest -m zoo tests/examples/te
 
 from __future__ import annotations
 
+import json
+
 import os
 import shutil
 from pathlib import Path
@@ -64,6 +66,9 @@ def compile_and_check(name: str, preset_name: str, old_style: bool, size: int | 
     if not artifact.exists():
         compile_model(load_model(onnx_path), CompileOptions(preset, PipelineConfig(tuning_log=None)), artifact)
     assert (artifact / "model.so").is_file() and (artifact / "manifest.json").is_file()
+    # every kernel scheduled by edgec's defaults on every CPU preset: none left as TVM's naive loops
+    schedules = json.loads((artifact / "manifest.json").read_text())["schedules"]
+    assert schedules and set(schedules.values()) == {"edgec-default"}, schedules
     mode = preset.execution_here().mode
     if mode == "compile-only" or (mode == "qemu" and not run_emulated):
         return "compile-only"
