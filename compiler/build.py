@@ -1,6 +1,6 @@
 """Compile an imported model for a target preset into an artifact directory.
 
-Steps: check the toolchain, open the preset's tuning records (compiler/tuning_db.py), run the pipeline
+Steps: check the toolchain, open the preset's tuning records (compiler/tuning/database.py), run the pipeline
 (compiler/pipeline.py), generate code, link the shared library with the preset's (cross) compiler,
 write `manifest.json`, publish the directory atomically.
 """
@@ -55,7 +55,7 @@ def compile_model(model: ImportedModel, options: CompileOptions, out_dir: Path) 
     import tvm
     from tvm.support import cc
 
-    from compiler.tuning_db import open_for_compile
+    from compiler.tuning.database import open_for_compile
 
     preset = options.preset
     check_toolchain(preset)

@@ -134,7 +134,7 @@ def compile_command(
     """
     from compiler.build import CompileOptions, check_toolchain, compile_model
     from compiler.frontends import load_model, parse_input_shape
-    from compiler.tuning_db import RecordSources
+    from compiler.tuning.database import RecordSources
     from targets import resolve_target
 
     with user_errors():
@@ -341,7 +341,7 @@ def records_compact_command(
     The database is your own unless --tuning-log says otherwise (`--tuning-log tuning_logs` in the
     repository: the shipped ones).
     """
-    from compiler.tuning_db import compact, open_for_tuning, used_workload_hashes
+    from compiler.tuning.database import compact, open_for_tuning, used_workload_hashes
 
     with user_errors():
         preset, directory = _records_database(target, tuning_log)
@@ -370,7 +370,7 @@ def records_list_command(
     The database is your own unless --tuning-log says otherwise (`--tuning-log tuning_logs` in the
     repository: the shipped ones).
     """
-    from compiler.provenance import list_records
+    from compiler.tuning.provenance import list_records
 
     with user_errors():
         preset, directory = _records_database(target, tuning_log)
@@ -389,7 +389,7 @@ def records_list_command(
 
 def _records_database(target: str, tuning_log: Path | None):
     """The preset and its existing database directory under `tuning_log` (default: the user's own)."""
-    from compiler.tuning_db import database_dir, user_root
+    from compiler.tuning.database import database_dir, user_root
     from targets import resolve_target
 
     preset = resolve_target(target)
@@ -426,7 +426,7 @@ def records_remeasure_command(
     """
     from rich.progress import Progress
 
-    from compiler.remeasure import RemeasureOptions, remeasure_records
+    from compiler.tuning.remeasure import RemeasureOptions, remeasure_records
     from targets import resolve_target
 
     with user_errors():

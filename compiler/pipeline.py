@@ -23,13 +23,13 @@ import tvm.relax.backend.cuda.pipeline  # noqa: F401
 import tvm.relax.backend.gpu_generic.pipeline  # noqa: F401
 
 from compiler.errors import PhaseError
-from compiler.tuning_db import RecordSources
+from compiler.tuning.database import RecordSources
 from passes import (LayoutConfig, PruneConfig, QuantizeConfig, WinogradConfig, convert_layout, default_schedules,
                     depthwise_rule, lower_qdq_to_integer, prune_channels, quantize_int8, simplify_for_inference,
                     winograd_conv2d)
 
 if TYPE_CHECKING:
-    from compiler.tuning_db import TuningRecords, TuningSummary
+    from compiler.tuning.database import TuningRecords, TuningSummary
     from targets import CpuShape, Preset
 
 # TVM's per-backend pass lists, keyed by target kind (data, not branches).
@@ -54,7 +54,7 @@ class PipelineConfig:
     """What the user asked of the pipeline; each optional pass reads its settings here."""
 
     dump_ir: Path | None = None
-    # The tuning databases to read (compiler/tuning_db.py): shipped + the user's + an optional
+    # The tuning databases to read (compiler/tuning/database.py): shipped + the user's + an optional
     # --tuning-log DIR, one database per preset in each. None: ignore tuning records (--untuned).
     tuning_log: RecordSources | None = RecordSources()
     prune: PruneConfig | None = None  # --prune RATIO [--prune-criterion]

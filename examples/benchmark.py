@@ -10,7 +10,7 @@ and engines do not slow down alike (compiler.bench.paired_latencies). Sections:
 
 - fp32: ResNet-18 and MobileNetV2 (224x224) compiled for the x86 preset (by default the most capable
   one this CPU runs: x86-avx512, else x86-64) with the tuning records a compile reads (shipped in
-  tuning_logs/<preset>/, plus your own: compiler/tuning_db.py),
+  tuning_logs/<preset>/, plus your own: compiler/tuning/database.py),
   against onnxruntime (CPU EP, default optimizations) and PyTorch eager; plus the fraction of this
   machine's fp32 peak (the fastest of PyTorch's and onnxruntime's 1024^3 and 2048^3 GEMMs) each model reaches
   (its direct-convolution FLOPs over its latency: Winograd does fewer multiplies, so it can pass
@@ -53,7 +53,7 @@ from compiler.build import CompileOptions, compile_model
 from compiler.frontends import load_model
 from compiler.pipeline import PipelineConfig, run_to_tuning_point
 from compiler.runtime import LocalModel
-from compiler.tuning_db import shipped_root
+from compiler.tuning.database import shipped_root
 from targets import X86_BY_CAPABILITY, Preset, first_native, resolve_target
 from passes import LayoutConfig, WinogradConfig
 

@@ -5,7 +5,7 @@
 1. trains the digits CNN on scikit-learn's digits and builds ResNet-18, exports both to ONNX;
 2. compiles each with edgec for the most capable x86 preset this CPU runs (x86-avx512 where it has
    AVX-512 and VNNI, else x86-64), with the tuning records shipped in tuning_logs/<preset>/ (and your
-   own, if you tuned: compiler/tuning_db.py), and for an ARM preset (cross-linked aarch64 .so, no
+   own, if you tuned: compiler/tuning/database.py), and for an ARM preset (cross-linked aarch64 .so, no
    records shipped);
 3. runs the x86 builds in-process and the ARM builds with edgec's C++ runner under qemu-aarch64, and
    prints their agreement with onnxruntime and PyTorch, and the x86 builds' latency next to

@@ -7,7 +7,7 @@ analytic fallback configs. edgec's defaults are the same idea in MetaSchedule's 
 space that `edgec tune` explores (TVM's rules plus edgec's Winograd and depthwise rules, with the
 same postprocessors) is generated for the kernel and replayed with every sampled decision replaced
 by a choice made from the CPU shape (`targets.CpuShape`), so the default is a point of the tuning
-space: tuning can start from it (compiler/tuning.py measures it first), and its trace is a record.
+space: tuning can start from it (compiler/tuning/search.py measures it first), and its trace is a record.
 
 The decisions, for a block tiled by MultiLevelTiling (conv2d of every kind, dense, matmul): the
 innermost spatial loop (output channels in NHWC, columns of a GEMM) is the vector loop, tiled to

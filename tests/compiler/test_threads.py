@@ -36,7 +36,7 @@ def test_local_models_run_on_every_physical_core_unless_told(compiled, env_threa
 def test_tuning_measures_candidates_on_every_physical_core(tmp_path):
     """The worker process that times candidates for MetaSchedule inherits the setting."""
     setup = ("import os, tvm\n"
-             "from compiler.tuning import TuneOptions, _runner\n"
+             "from compiler.tuning.search import TuneOptions, _runner\n"
              "from targets import resolve_target\n"
              "runner = _runner(TuneOptions(resolve_target('host')))\n"
              "future = runner.pool.submit(lambda: tvm.get_global_func('runtime.NumThreads')())\n"

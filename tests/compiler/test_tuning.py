@@ -28,7 +28,9 @@ import psutil
 import pytest
 from tvm.s_tir import meta_schedule as ms
 
-from compiler import provenance, remeasure, tuning, tuning_db
+from compiler.tuning import database as tuning_db
+from compiler.tuning import provenance, remeasure
+from compiler.tuning import search as tuning
 from compiler.build import CompileOptions, compile_model
 from compiler.errors import TuningError
 from compiler.pipeline import PipelineConfig, run_to_tuning_point

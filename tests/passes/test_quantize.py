@@ -176,7 +176,7 @@ def test_tuning_can_pick_the_targets_int8_dot_product_instruction(digits, preset
 
     from tvm.s_tir import meta_schedule as ms
 
-    from compiler.tuning_db import import_cpu_intrinsics
+    from compiler.tuning.database import import_cpu_intrinsics
     from targets import resolve_target
 
     import_cpu_intrinsics()

@@ -24,10 +24,11 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.runner.local_runner import default_alloc_argument
 
-from compiler import provenance, tuning_db
+from compiler.tuning import database as tuning_db
+from compiler.tuning import provenance
 from compiler.errors import TuningError
 from compiler.runtime.threads import configure_threads
-from compiler.tuning import EVALUATOR, PersistentBuilder
+from compiler.tuning.search import EVALUATOR, PersistentBuilder
 from targets import Preset
 
 

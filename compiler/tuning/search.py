@@ -8,7 +8,7 @@ the batches in flight), and a re-run resumes with the tasks that have no record 
 
 Cost on small machines comes from process start-up, so the builder keeps one worker pool for the
 whole run (MetaSchedule's LocalBuilder starts a new pool, with a 60-100 s import, for every batch)
-and only the CPU tensor intrinsics are imported (compiler.tuning_db.import_cpu_intrinsics).
+and only the CPU tensor intrinsics are imported (compiler.tuning.database.import_cpu_intrinsics).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
-from compiler import provenance, tuning_db
+from compiler.tuning import database as tuning_db
+from compiler.tuning import provenance
 from compiler.accuracy import AccuracyGuard, guard_quantization
 from compiler.errors import TuningError
 from compiler.frontends import ImportedModel
@@ -366,8 +367,8 @@ class _Session:
         evolutionary search starts its population from it, and as a record it bounds what a
         compile takes: a tuned kernel never ends slower than its default.
         """
-        if self.cpu is None:
-            return
+        if self.cpu is None or (self.deadline is not None and time.monotonic() >= self.deadline):
+            return  # a GPU target (no edgec defaults), or no time left for even one batch
         chosen = []
         with self.target:
             for task, task_progress in zip(tasks, progress):

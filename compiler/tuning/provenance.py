@@ -41,7 +41,7 @@ def cpu_name() -> str:
 
 def workload_record_counts(directory: Path) -> dict[str, int]:
     """Record lines per workload hash in the database at `directory` (read as is, without repair)."""
-    from compiler.tuning_db import read_repaired
+    from compiler.tuning.database import read_repaired
 
     repaired = read_repaired(Path(directory))
     hashes = [str(json.loads(line)[0]) for line in repaired.workloads]
@@ -105,7 +105,7 @@ def list_records(directory: Path, target: tvm.target.Target,
                  models: Mapping[str, Sequence[tuple[tvm.IRModule, str]]] | None = None) -> list[WorkloadRecords]:
     """Every workload of the database at `directory`, with its records' provenance; `models` maps a
     model's name to its kernels (`tuning.model_kernels`) to say which workloads each one uses."""
-    from compiler.tuning_db import measured_records, open_for_tuning, read_repaired
+    from compiler.tuning.database import measured_records, open_for_tuning, read_repaired
 
     directory = Path(directory)
     users: dict[str, tuple[set[str], set[str]]] = {}
