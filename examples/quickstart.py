@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     table = Table(title="edgec quick start (fp32, batch 1)")
-    for column in ("model", "target", "library", "kernels tuned", "max abs diff vs onnxruntime", "top-1 = PyTorch",
+    for column in ("model", "target", "library", "kernel schedules", "max abs diff vs onnxruntime", "top-1 = PyTorch",
                    "edgec tuned p50 ms", "zero-trial p50 ms", "onnxruntime p50 ms", "onnxruntime / tuned",
                    "onnxruntime / zero-trial"):
         table.add_column(column)
@@ -115,8 +115,8 @@ def _compile_and_check(example: Example, target: str, out: Path) -> list[str]:
     console.print(f"compiled {example.name} for {preset.name} in {time.perf_counter() - started:.1f} s -> {artifact}")
     manifest = read_manifest(artifact)
     library = f"{elf_machine(artifact / manifest.library)} ELF"
-    tuning = manifest.tuning
-    tuned = f"{tuning['tuned']} of {tuning['tasks']}" if tuning else "no records"
+    sources = [source.split(" (")[0] for source in (manifest.schedules or {}).values()]  # "tuned (shipped)" -> "tuned"
+    tuned = ", ".join(f"{sources.count(s)} {s}" for s in sorted(set(sources), key=sources.index)) or "-"
     execution = preset.execution_here()
     if execution.mode == "compile-only":
         return [example.name, preset.name, library, tuned, f"not run here ({execution.reason})", *["-"] * 6]

@@ -132,7 +132,8 @@ def test_tune_commits_records_with_meta_and_leaves_no_workers(tuned, host):
     root, report = tuned
     directory = root / "host"
     assert report.database == directory and report.skipped == 0 and len(report.tasks) == KERNELS
-    assert all(t.planned == PER_ITER and 1 <= t.trials <= PER_ITER and t.best_s for t in report.tasks)
+    # each kernel's default schedule is measured first (one trial more than planned), then its batch
+    assert all(t.planned == PER_ITER and 2 <= t.trials <= PER_ITER + 1 and t.best_s for t in report.tasks)
     records = lines(directory / tuning_db.RECORDS)
     assert len(records) == report.trials and len(lines(directory / tuning_db.WORKLOADS)) == KERNELS
     meta = json.loads((directory / tuning_db.META).read_text())
@@ -144,7 +145,7 @@ def test_tune_commits_records_with_meta_and_leaves_no_workers(tuned, host):
 def test_history_records_how_the_estimate_fell_per_batch(tuned):
     root, report = tuned
     points = [json.loads(line) for line in lines(root / "history.jsonl")]
-    assert len(points) == KERNELS + 1  # the plan, then one point per measured batch
+    assert len(points) == KERNELS + 2  # the plan, the default schedules measured, then one point per batch
     assert [p["trials"] for p in points] == sorted(p["trials"] for p in points) and points[-1]["trials"] == report.trials
     assert points[-1]["kernels_measured"] == KERNELS
     assert points[-1]["estimated_ms"] == pytest.approx(report.estimated_s * 1e3, rel=1e-3)
@@ -314,8 +315,9 @@ def test_a_kernel_whose_search_keeps_failing_is_given_up_and_the_others_are_tune
     with caplog.at_level(logging.WARNING, logger="edgec"):
         report = tune_model(model, TuneOptions(host, tuning_log=tmp_path, **FAST))
     by_name = {t.name: t for t in report.tasks}
-    assert by_name[failing].trials == 0 and by_name[failing].best_s is None
-    assert all(t.trials >= 1 for name, t in by_name.items() if name != failing)  # the others went on
+    # it keeps its default schedule, measured before the search
+    assert by_name[failing].trials == 1 and by_name[failing].best_s is not None
+    assert all(t.trials >= 2 for name, t in by_name.items() if name != failing)  # the others went on past their default
     warnings = [r.getMessage() for r in caplog.records if failing in r.getMessage()]
     assert len(warnings) == tuning.SEARCH_ATTEMPTS and "trying again" in warnings[0] and "giving it up" in warnings[-1]
 
@@ -374,6 +376,21 @@ def test_kernels_without_records_get_edgec_default_schedules_without_warning(tun
     plain = compile_with(model, host, None, tmp_path / "plain")
     assert plain.tuning is None
     assert np.abs(run(tmp_path / "partial", x) - run(tmp_path / "plain", x)).max() < 1e-4
+
+
+def test_tuning_measures_every_kernels_default_schedule_first(tuned, model, host):
+    """The default is a record: the search starts from it and a compile never takes worse."""
+    from compiler.tuning import model_kernels
+    from passes.default_schedule import default_schedule
+
+    root, _ = tuned
+    database = tuning_db._open(root / "host")
+    target = host.tvm_target()
+    for mod, name in model_kernels(model, host, PipelineConfig(tuning_log=None)):
+        with target:
+            default = default_schedule(mod, target, host.cpu_shape())
+        traces = [str(r.trace) for r in database.get_top_k(database.commit_workload(mod), 1000)]
+        assert str(default.trace) in traces, name
 
 
 def test_a_kernel_with_another_epilogue_replays_the_record_of_its_conv(tuned, host, tmp_path):
