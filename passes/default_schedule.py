@@ -18,8 +18,8 @@ Small kernel-window loops run whole inside the register tile; the channel reduct
 that its weight panel fits in L2. The outer spatial tiles are left to MetaSchedule's parallel
 postprocessor (outer loops fused up to 16 jobs a core), the register tile to its vectorizer and
 unroller. Producers (padding) are computed per outer tile, inside the channel loop only where the
-tile needs no other channels. edgec's own rules (Winograd GEMM, depthwise) take the largest tile
-their rule allows within the same register budget.
+tile needs no other channels. edgec's own rules (Winograd GEMM, depthwise) take, at each split they
+sample, the largest tile the rule allows up to a quarter of the register file.
 """
 
 from __future__ import annotations
@@ -39,8 +39,6 @@ from targets.registry import CpuShape
 
 log = logging.getLogger("edgec.schedule")
 
-# Where each kernel's schedule came from (the manifest's `schedules`)
-TUNED, TRANSFERRED, DEFAULT, NAIVE = "tuned", "transferred", "edgec-default", "naive"
 SCHEDULED_ATTR = "tirx.is_scheduled"
 # Unroll steps among MetaSchedule's candidates (0, 16, 64, 512): enough to unroll a register tile
 _UNROLL_STEPS = 64
@@ -223,8 +221,7 @@ class _Decisions:
         if len(consumers) != 1:
             return -1
         consumer = consumers[0]
-        realize = self.sch.get_sref(consumer).stmt
-        if "meta_schedule.tiling_structure" not in realize.annotations:
+        if "meta_schedule.tiling_structure" not in self.sch.get(consumer).annotations:
             return -1
         loops = [self.sch.get(rv) for rv in self.sch.get_loops(consumer)]
         block_realize = _block_realize_under(loops[0]) if loops else None
