@@ -13,6 +13,8 @@ import tvm
 import tvm_ffi
 from tvm import relax, te, tirx, topi
 
+from passes.relax_rewrite import rewrite_relax_functions
+
 
 def clip_as_min_max() -> tvm.transform.Pass:
     """Rewrite every clamp as `relax.minimum(relax.maximum(x, lo), hi)`.
@@ -44,14 +46,7 @@ def clip_as_min_max() -> tvm.transform.Pass:
                         return clamp(*args.fields)
             return call
 
-    def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rewriter = Rewriter(mod)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
-
-    return tvm.transform.module_pass(transform, opt_level=0, name="clip_as_min_max")
+    return rewrite_relax_functions(Rewriter, "clip_as_min_max")
 
 
 def _scalar(bound: relax.Expr, dtype: str) -> relax.Expr:

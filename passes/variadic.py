@@ -15,6 +15,8 @@ import tvm
 import tvm_ffi
 from tvm import relax
 
+from passes.relax_rewrite import rewrite_relax_functions
+
 # reduction over the stacked axis -> the binary op that folds the same values
 _BINARY = {"relax.sum": relax.op.add, "relax.max": relax.op.maximum, "relax.min": relax.op.minimum,
            "relax.mean": relax.op.add}
@@ -73,11 +75,4 @@ def variadic_as_binary() -> tvm.transform.Pass:
                     return source
             return field
 
-    def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rewriter = Rewriter(mod)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
-
-    return tvm.transform.module_pass(transform, opt_level=0, name="variadic_as_binary")
+    return rewrite_relax_functions(Rewriter, "variadic_as_binary")
