@@ -156,7 +156,7 @@ def tune_model(model: ImportedModel, options: TuneOptions, on_progress: Progress
     stopped, log_file = None, None
     with tuning_db.open_for_tuning(directory, target) as database:
         records_before = provenance.workload_record_counts(directory)
-        progress = [_task_progress(task, database, target, options.refine) for task in tasks]
+        progress = [_task_progress(task, database, target, options.refine, pipeline.cpu) for task in tasks]
         work = _work(progress)
         todo = sorted((i for i, p in enumerate(progress) if not p.skipped), key=lambda i: -work[i])
         plan = plan_trials([work[i] for i in todo], _total_trials(options, len(todo)), options.trials_per_iter)
@@ -228,13 +228,27 @@ def _check_remote(remote: RemoteSpec) -> None:
 
 
 def _task_progress(task: ms.ExtractedTask, database: ms.database.Database, target: tvm.target.Target,
-                   refine: bool) -> TaskProgress:
+                   refine: bool, cpu: CpuShape | None) -> TaskProgress:
     from tvm.s_tir.analysis import estimate_tir_flops
 
     record = database.query_tuning_record(task.dispatched[0], target, task.task_name)
     best = _mean_s(record.run_secs) if record is not None else None
     flops = float(estimate_tir_flops(task.dispatched[0]))
-    return TaskProgress(task.task_name, int(task.weight), flops, 0, best_s=best, skipped=record is not None and not refine)
+    searched = record is not None and _searched(task, database, target, cpu)
+    return TaskProgress(task.task_name, int(task.weight), flops, 0, best_s=best, skipped=searched and not refine)
+
+
+def _searched(task: ms.ExtractedTask, database: ms.database.Database, target: tvm.target.Target,
+              cpu: CpuShape | None) -> bool:
+    """Whether a task with records has one from a search, not only its measured default schedule
+    (a run interrupted after the defaults leaves those): only then does a re-run skip it."""
+    mod = task.dispatched[0]
+    records = database.get_top_k(database.commit_workload(mod), 2)
+    if len(records) != 1 or cpu is None:
+        return True
+    with target:
+        default = default_schedule(mod, target, cpu)
+    return default is None or str(records[0].trace) != str(default.trace)
 
 
 def _work(tasks: Sequence[TaskProgress]) -> list[float]:

@@ -588,7 +588,7 @@ def test_slow_interrupted_then_killed_runs_keep_their_records_and_resume(onnx_fi
     # Ctrl-C (SIGINT to the whole group): the batches in flight finish, the summary is printed, exit 130
     first = TuneProcess(onnx_file, root, tmp_path / "first.log")
     try:
-        workers = first.wait_for_records(PER_ITER)
+        workers = first.wait_for_records(KERNELS + 1)  # every kernel's default, then a searched batch
         first.signal_group(signal.SIGINT)
         assert first.popen.wait(timeout=120) == 130, first.log.read_text()
     finally:
@@ -597,8 +597,10 @@ def test_slow_interrupted_then_killed_runs_keep_their_records_and_resume(onnx_fi
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
     interrupted = record_workloads(first.records)  # every line whole, every candidate measured
     assert all(json.loads(line)[1][1][0] < 1e9 for line in lines(first.records))
+    searched = set(interrupted[KERNELS:])  # the defaults come first
+    assert searched and len(searched) < KERNELS
 
-    # SIGKILL mid-run: a resumed run tunes only the rest; what it committed stays readable
+    # SIGKILL mid-run: a resumed run searches only the rest; what it committed stays readable
     second = TuneProcess(onnx_file, root, tmp_path / "second.log")
     try:
         workers = second.wait_for_records(len(interrupted) + 1)
@@ -613,7 +615,7 @@ def test_slow_interrupted_then_killed_runs_keep_their_records_and_resume(onnx_fi
     with tuning_db.open_for_tuning(root / "host", target) as database:  # repairs a cut last line
         assert len(database) >= len(interrupted)
         resumed = record_workloads(root / "host" / tuning_db.RECORDS)[len(interrupted):]
-        assert not set(resumed) & set(interrupted)  # the second run skipped what the first had tuned
+        assert not set(resumed) & searched  # the second run skipped what the first had searched
         assert sum(tuning_db.is_tuned(database, t, target) for t in tasks) == len(set(interrupted) | set(resumed))
 
 
