@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -192,7 +192,7 @@ def _phases_after_tuning(config: PipelineConfig, target: tvm.target.Target, reco
     # dlight rules scheduled them in legalize-fuse; the pass only reports which.
     cpu = config.cpu if target.kind.name in _CPU_RULE_KINDS else None
     phases.append(Phase(DEFAULT_SCHEDULE_PHASE, (default_schedules(cpu, _report_to(reports, DEFAULT_SCHEDULE_PHASE)),),
-                        {"cpu": _plain_shape(cpu) if cpu is not None else None}))
+                        {"cpu": asdict(cpu) if cpu is not None else None}))
     if target.kind.name in _WEIGHT_PREPACK_KINDS:
         # The weight layouts scheduled kernels chose are computed now, at compile time: each kernel's
         # weight transform is split out into its own function and folded into new constants.
@@ -345,10 +345,6 @@ def _legalizing_operator(err: BaseException) -> str | None:
         return None
     namespace = next((ns for ns in ("nn", "image", "qdq", "linear_algebra") if found.startswith(ns + "_")), None)
     return f"relax.{namespace}.{found[len(namespace) + 1:]}" if namespace else f"relax.{found}"
-
-
-def _plain_shape(cpu: CpuShape) -> dict[str, int]:
-    return {name: getattr(cpu, name) for name in cpu.__dataclass_fields__}
 
 
 def _backend(target: tvm.target.Target) -> Any:

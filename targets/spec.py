@@ -11,7 +11,7 @@ import os
 import platform
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -187,7 +187,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]
     if isinstance(value, CpuShape):
-        return {f.name: getattr(value, f.name) for f in fields(value)}
+        return asdict(value)
     return value
 
 
