@@ -65,7 +65,8 @@ def choose_float_layers(mod: tvm.IRModule, config: PipelineConfig, guard: Accura
     ranges = calibrate(float_mod, [layer.input for layer in found], config.quantize)  # once for every candidate
 
     def accuracy_with(keep: Sequence[str]) -> tuple[float, list[np.ndarray]]:
-        quantized = rewrite_to_integer(float_mod, {layer: ranges[layer.input] for layer in found if layer.name not in keep})
+        quantized = rewrite_to_integer(float_mod, {layer: ranges[layer.input] for layer in found if layer.name not in keep},
+                                       config.quantize.form)
         outputs = _outputs(quantized, guard.samples)
         return _accuracy(outputs, reference, guard.labels), outputs
 

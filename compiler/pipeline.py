@@ -24,13 +24,16 @@ import tvm.relax.backend.gpu_generic.pipeline  # noqa: F401
 
 from compiler.errors import PhaseError
 from compiler.tuning.database import RecordSources
-from passes import (LayoutConfig, PruneConfig, QuantizeConfig, WinogradConfig, convert_layout, default_schedules,
-                    depthwise_rule, lower_qdq_to_integer, prune_channels, quantize_int8, simplify_for_inference,
-                    winograd_conv2d)
+from passes import (IntegerForm, LayoutConfig, PruneConfig, QuantizeConfig, WinogradConfig, convert_layout,
+                    default_schedules, depthwise_rule, lower_qdq_to_integer, prune_channels, quantize_int8,
+                    simplify_for_inference, winograd_conv2d)
+from passes.dot_product import int8_dot_product
+
+from targets import Preset
 
 if TYPE_CHECKING:
     from compiler.tuning.database import TuningRecords, TuningSummary
-    from targets import CpuShape, Preset
+    from targets import CpuShape
 
 # TVM's per-backend pass lists, keyed by target kind (data, not branches).
 _BACKENDS: dict[str, Callable[[], Any]] = {
@@ -63,6 +66,8 @@ class PipelineConfig:
     winograd: WinogradConfig | None = None  # --winograd/--no-winograd; None: the preset's, else off
     # CPU targets: the register file and caches default schedules are sized for (the preset's)
     cpu: CpuShape | None = None
+    # int8 layers as the target's dot-product kernels want them (resolved in for_preset)
+    int8_form: IntegerForm | None = None
 
     def for_preset(self, preset: Preset) -> PipelineConfig:
         """The settings the target decides unless the user did: conv layout, Winograd, and int8
@@ -73,9 +78,19 @@ class PipelineConfig:
             winograd = replace(winograd, macs_per_byte=preset.macs_per_byte)
         resolved = replace(self, layout=self.layout or LayoutConfig(preset.layout, chosen_by="preset"), winograd=winograd,
                            cpu=self.cpu or preset.cpu_shape())
-        if self.quantize is None or self.quantize.signed_activations == preset.signed_int8_activations:
+        resolved = replace(resolved, int8_form=self.int8_form or _integer_form(preset))
+        if self.quantize is None or self.quantize.form == resolved.int8_form:
             return resolved
-        return replace(resolved, quantize=replace(self.quantize, signed_activations=preset.signed_int8_activations))
+        return replace(resolved, quantize=replace(self.quantize, form=resolved.int8_form))
+
+
+def _integer_form(preset: Preset) -> IntegerForm:
+    """How int8 layers are written for the preset's dot-product instruction (passes/dot_product.py)."""
+    dot = int8_dot_product(preset.tvm_target()) if preset.device == "cpu" else None
+    if dot is None:
+        return IntegerForm(signed_activations=preset.signed_int8_activations)
+    return IntegerForm(signed_activations=dot.signed_activations, shift_signed_inputs=not dot.signed_activations,
+                       weight_levels=dot.weight_levels, channel_multiple=4)
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,8 @@ class PipelineResult:
                for name in report["scheduled_before"]}
         out.update({name: "edgec-default" for name in report["edgec_default"]})
         out.update({name: "naive" for name in report["naive"]})
+        for name in report.get("dot_product_kernels", ()):  # int8 kernels on the CPU's dot-product instruction
+            out[name] += f" + {report['dot_product']}"
         return dict(sorted(out.items()))
 
     def passes_json(self) -> list[dict[str, Any]]:
@@ -150,7 +167,7 @@ def _phases_to_tuning_point(config: PipelineConfig, target: tvm.target.Target,
         # edgec graph passes, on the imported module with bound weights
         Phase("simplify", (simplify_for_inference(),)),
         # a pre-quantized (QDQ) model gets integer kernels; a float model passes unchanged
-        Phase("lower-qdq", (lower_qdq_to_integer(_report_to(reports, "lower-qdq")),)),
+        Phase("lower-qdq", (lower_qdq_to_integer(_report_to(reports, "lower-qdq"), config.int8_form or IntegerForm()),)),
     ]
     if config.prune is not None:
         phases.append(Phase("prune", (prune_channels(config.prune, _report_to(reports, "prune")),), config.prune.to_json()))

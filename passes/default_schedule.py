@@ -35,6 +35,7 @@ from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 from tvm.tirx.analysis import undefined_vars
 
+from passes.dot_product import AUTO_TENSORIZE, design_space, int8_dot_product
 from targets.registry import CpuShape
 
 log = logging.getLogger("edgec.schedule")
@@ -54,10 +55,13 @@ class ScheduleReport:
     defaults: tuple[str, ...]
     scheduled_before: tuple[str, ...]
     naive: tuple[str, ...]
+    dot_product: str | None = None  # the target's int8 dot-product instruction (passes/dot_product.py)
+    dot_product_kernels: tuple[str, ...] = ()  # kernels (default or tuned) that run on it
 
     def to_json(self) -> dict[str, Any]:
         return {"edgec_default": list(self.defaults), "scheduled_before": list(self.scheduled_before),
-                "naive": list(self.naive)}
+                "naive": list(self.naive), "dot_product": self.dot_product,
+                "dot_product_kernels": list(self.dot_product_kernels)}
 
 
 def default_schedules(cpu: CpuShape | None, report: Callable[[ScheduleReport], None] | None = None) -> tvm.transform.Pass:
@@ -93,7 +97,11 @@ def default_schedules(cpu: CpuShape | None, report: Callable[[ScheduleReport], N
             for gv, func in updates.items():
                 mod[gv] = func
         if report is not None:
-            report(ScheduleReport(tuple(sorted(defaults)), tuple(sorted(before)), tuple(sorted(naive))))
+            dot = int8_dot_product(target) if cpu is not None else None
+            on_dot = [gv.name_hint for gv, func in mod.functions_items()
+                      if dot is not None and isinstance(func, tvm.tirx.PrimFunc) and dot.used_by(func)]
+            report(ScheduleReport(tuple(sorted(defaults)), tuple(sorted(before)), tuple(sorted(naive)),
+                                  dot.name if dot is not None else None, tuple(sorted(on_dot))))
         return mod
 
     return transform
@@ -127,8 +135,9 @@ def default_schedule(mod: tvm.IRModule, target: tvm.target.Target, cpu: CpuShape
     int8 kernels are vectorized int32 code: a tensorized default needs decisions that keep the
     vectorizer off the intrinsic's loops, not made yet.
     """
-    for rules in ("from-target", "llvm"):
-        generator = ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=rules, mutator_probs=rules)
+    generators = [design_space(target), ms.space_generator.PostOrderApply(sch_rules="llvm", postprocs="llvm",
+                                                                          mutator_probs="llvm")]
+    for generator in generators:
         context = ms.TuneContext(mod=mod, target=target, space_generator=generator,
                                  task_name="default", rand_state=0, num_threads=1)
         try:
@@ -137,10 +146,8 @@ def default_schedule(mod: tvm.IRModule, target: tvm.target.Target, cpu: CpuShape
             log.debug("no design space: %s", err)
             return None
         for space in _by_preference(spaces):
-            if _tensorized(space):
-                continue
             sch = _replayed(mod, space, context.space_generator.postprocs, cpu)
-            if sch is not None:
+            if sch is not None and _tensorized_as_planned(space, sch):
                 return sch
     return None
 
@@ -161,11 +168,17 @@ def _tensorized(space: s_tir.Schedule) -> bool:
     return any(inst.kind.name == "Blockize" for inst in space.trace.insts)
 
 
+def _tensorized_as_planned(space: s_tir.Schedule, sch: s_tir.Schedule) -> bool:
+    """A space that blockized for an intrinsic is only taken if the intrinsic replaced the block
+    (otherwise its scalar loops are slower than the untensorized space)."""
+    return not _tensorized(space) or any(inst.kind.name == "Tensorize" for inst in sch.trace.insts)
+
+
 def _by_preference(spaces: list[s_tir.Schedule]) -> list[s_tir.Schedule]:
     """Design spaces best first: no rfactor (reductions stay serial per output), then the deepest
     fusion of the epilogue into the tiled loops (the output tile written while in cache)."""
 
-    def rank(space: s_tir.Schedule) -> tuple[int, int]:
+    def rank(space: s_tir.Schedule) -> tuple[int, int, int]:
         insts = space.trace.insts
         rfactor = any(inst.kind.name == "RFactor" for inst in insts)
         order = next((list(inst.inputs) for inst in insts if inst.kind.name == "Reorder"), [])
@@ -174,7 +187,7 @@ def _by_preference(spaces: list[s_tir.Schedule]) -> list[s_tir.Schedule]:
             if inst.kind.name == "ReverseComputeAt":
                 loop = inst.inputs[1]
                 depth = max(depth, next((i for i, rv in enumerate(order) if rv.same_as(loop)), -1))
-        return (int(rfactor), -depth)
+        return (int(not _tensorized(space)), int(rfactor), -depth)
 
     return sorted(spaces, key=rank)
 
@@ -204,9 +217,12 @@ class _Decisions:
         realize = _block_realize_under(loop)
         extent = int(loop.extent)
         block = realize.block
-        if "meta_schedule.tiling_structure" in block.annotations:
+        if "meta_schedule.tiling_structure" in block.annotations or AUTO_TENSORIZE in block.annotations:
             index = _iter_index(realize, loop.loop_var)
-            plan = self.plans.setdefault(block.name_hint, _tiled_block_plan(block, self.cpu))
+            # a block blockized for a dot-product intrinsic: each vector-loop iteration is one
+            # intrinsic call, a whole vector of outputs
+            lanes = 1 if AUTO_TENSORIZE in block.annotations else None
+            plan = self.plans.setdefault(block.name_hint, _tiled_block_plan(block, self.cpu, lanes))
             tile = plan.get(index)
             if tile is not None and len(tile) == parts:
                 return tile
@@ -221,7 +237,8 @@ class _Decisions:
         if len(consumers) != 1:
             return -1
         consumer = consumers[0]
-        if "meta_schedule.tiling_structure" not in self.sch.get(consumer).annotations:
+        annotations = self.sch.get(consumer).annotations
+        if "meta_schedule.tiling_structure" not in annotations and AUTO_TENSORIZE not in annotations:
             return -1
         loops = [self.sch.get(rv) for rv in self.sch.get_loops(consumer)]
         block_realize = _block_realize_under(loops[0]) if loops else None
@@ -238,12 +255,12 @@ class _Decisions:
         return chosen
 
 
-def _tiled_block_plan(block: Any, cpu: CpuShape) -> dict[int, list[int]]:
+def _tiled_block_plan(block: Any, cpu: CpuShape, lanes: int | None = None) -> dict[int, list[int]]:
     """Tiles (SSRSRS: 4 levels per spatial loop, 2 per reduction loop) of every iter var."""
     spatial = [i for i, iv in enumerate(block.iter_vars) if iv.iter_type == tvm.tirx.IterVar.DataPar]
     reduction = [i for i, iv in enumerate(block.iter_vars) if iv.iter_type == tvm.tirx.IterVar.CommReduce]
     extent = {i: int(block.iter_vars[i].dom.extent) for i in (*spatial, *reduction)}
-    lanes = cpu.f32_lanes * 4 // _dtype_bytes(block)
+    lanes = lanes or cpu.f32_lanes * 4 // _dtype_bytes(block)
     plan: dict[int, list[int]] = {}
     columns, vectors = _columns(extent[spatial[-1]], lanes) if spatial else (1, 1)
     rows_var = next((i for i in reversed(spatial[:-1]) if extent[i] > 1), None)

@@ -25,7 +25,7 @@ from typing import Any
 import tvm
 from tvm import relax
 
-from passes.quantize import find_layers, rewrite_to_integer
+from passes.quantize import IntegerForm, find_layers, rewrite_to_integer
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,8 @@ class QdqReport:
         return {"integer_layers": len(self.layers), "layers": list(self.layers)}
 
 
-def lower_qdq_to_integer(on_report: Callable[[QdqReport], None] | None = None) -> tvm.transform.Pass:
+def lower_qdq_to_integer(on_report: Callable[[QdqReport], None] | None = None,
+                         form: IntegerForm = IntegerForm()) -> tvm.transform.Pass:
     """Rewrite every conv2d/matmul whose input is a Q/DQ pair (and whose weight is constant) to int8.
 
     Needs: the imported QDQ model after `simplify_for_inference` (weights folded to float constants).
@@ -59,7 +60,7 @@ def lower_qdq_to_integer(on_report: Callable[[QdqReport], None] | None = None) -
                            "exact": exact})
         if on_report is not None:
             on_report(QdqReport(tuple(report)))
-        return rewrite_to_integer(mod, plan) if plan else mod
+        return rewrite_to_integer(mod, plan, form) if plan else mod
 
     return transform
 

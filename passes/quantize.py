@@ -45,6 +45,29 @@ class QuantizeError(EdgecError):
 
 
 @dataclass(frozen=True)
+class IntegerForm:
+    """How integer layers are written for the target's int8 dot-product kernels (passes/dot_product.py).
+
+    signed_activations: every activation int8 (ARM's sdot multiplies s8 x s8); else uint8 where a
+    tensor is never negative (x86's vpdpbusd/vpmaddubsw multiply u8 x s8).
+    shift_signed_inputs: a u8 x s8 kernel whose input can be negative reads it as uint8 with zero
+    point 128 (x + 128), padded with 128, and subtracts 128 x sum(W) per output channel: exact, and
+    the layer keeps the dot-product kernel (oneDNN's s8s8 compensation).
+    weight_levels: weights quantize to [-levels, levels] (63 for AVX2's saturating int16 pairs).
+    channel_multiple: input channels of a conv are zero-padded to a multiple of it (the
+    intrinsic's reduction: 4 bytes), so a 3-channel image conv tensorizes too.
+    """
+
+    signed_activations: bool = False
+    shift_signed_inputs: bool = False
+    weight_levels: int = 127
+    channel_multiple: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class QuantizeConfig:
     """int8 quantization settings; `calibration` is a list of samples, each {input name: array}."""
 
@@ -53,9 +76,11 @@ class QuantizeConfig:
     percentile: float = 99.99
     keep_float: tuple[str, ...] = ()
     source: str = ""  # where the calibration data came from (for the manifest)
-    # int8 for every activation (ARM's sdot multiplies int8 x int8); False: uint8 where a tensor is
-    # never negative (x86 VNNI's vpdpbusd multiplies uint8 x int8). Set from the target preset.
-    signed_activations: bool = False
+    form: IntegerForm = IntegerForm()  # set from the target (PipelineConfig.for_preset)
+
+    @property
+    def signed_activations(self) -> bool:
+        return self.form.signed_activations
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -70,7 +95,8 @@ class QuantizeConfig:
         out = {"dtype": "int8", "method": self.method, "calibration_samples": len(self.calibration),
                "calibration_data": self.source, "keep_float": list(self.keep_float),
                "weights": "symmetric per output channel",
-               "activations": "int8 per tensor" if self.signed_activations else "per tensor (uint8 when non-negative)"}
+               "activations": "int8 per tensor" if self.signed_activations else "per tensor (uint8 when non-negative)",
+               "integer_form": self.form.to_json()}
         if self.method == "percentile":
             out["percentile"] = self.percentile
         return out
@@ -115,7 +141,7 @@ def quantize_int8(config: QuantizeConfig, on_report: Callable[[QuantizeReport], 
         check_keep_float(layers, config.keep_float)
         chosen = [layer for layer in layers if layer.name not in config.keep_float]
         ranges = calibrate(mod, [layer.input for layer in chosen], config)
-        rewritten = rewrite_to_integer(mod, {layer: ranges[layer.input] for layer in chosen})
+        rewritten = rewrite_to_integer(mod, {layer: ranges[layer.input] for layer in chosen}, config.form)
         if on_report is not None:
             on_report(QuantizeReport(config.method, tuple(_report_layer(layer, ranges.get(layer.input), layer in chosen)
                                                           for layer in layers)))
@@ -274,7 +300,8 @@ def _with_outputs(mod: tvm.IRModule, tensors: list[relax.Var]) -> tvm.IRModule:
     result = relax.Tuple([func.body.body, *[taps[t] for t in tensors]])
     ret_ty = relax.TupleType([func.ret_ty, *[t.ty for t in tensors]])
     probe = relax.Function(func.params, relax.SeqExpr(blocks, result), ret_ty, is_pure=func.is_pure, attrs=func.attrs)
-    new = tvm.IRModule({"main": probe})
+    new = tvm.IRModule({gv: f for gv, f in mod.functions_items()})  # main may call other functions
+    new[mod.get_global_var("main")] = probe
     return relax.transform.Normalize()(new)
 
 
@@ -328,9 +355,10 @@ def entropy_threshold(magnitudes: np.ndarray, levels: int = 128, bins: int = 204
 # ---------------------------------------------------------------------------------------- rewrite
 
 
-def rewrite_to_integer(mod: tvm.IRModule, plan: Mapping[Layer, tuple[float, str]]) -> tvm.IRModule:
+def rewrite_to_integer(mod: tvm.IRModule, plan: Mapping[Layer, tuple[float, str]],
+                       form: IntegerForm = IntegerForm()) -> tvm.IRModule:
     """Rewrite each layer of `plan` into its integer form, its input quantized with (scale, dtype)."""
-    rewritten = _Quantizer(mod, {layer.var: (layer, value_range) for layer, value_range in plan.items()}).run()
+    rewritten = _Quantizer(mod, {layer.var: (layer, value_range) for layer, value_range in plan.items()}, form).run()
     return relax.transform.DeadCodeElimination()(rewritten)  # dequantized copies nobody reads
 
 
@@ -338,11 +366,12 @@ def rewrite_to_integer(mod: tvm.IRModule, plan: Mapping[Layer, tuple[float, str]
 class _Quantizer(relax.PyExprMutator):
     """Rewrites the chosen layers of `main` to integer form (see the module docstring)."""
 
-    def __init__(self, mod: tvm.IRModule, plan: dict[relax.Var, tuple[Layer, tuple[float, str]]]):
+    def __init__(self, mod: tvm.IRModule, plan: dict[relax.Var, tuple[Layer, tuple[float, str]]], form: IntegerForm):
         super().__init__(mod)
         self.mod_ = mod
         self.plan = plan
-        self.quantized: dict[tuple, relax.Var] = {}  # (float tensor, scale, dtype) -> its integer version
+        self.form = form
+        self.quantized: dict[tuple, relax.Var] = {}  # (float tensor, scale, dtype, zero point) -> integer version
 
     def run(self) -> tvm.IRModule:
         main = self.mod_.get_global_var("main")
@@ -354,22 +383,43 @@ class _Quantizer(relax.PyExprMutator):
             super().visit_var_binding_(binding)
             return
         layer, (scale, dtype) = self.plan[binding.var]
-        data = self._quantize(layer.input, scale, dtype)
-        weight, weight_scales = _quantize_weight(layer.weight, layer.channel_axis)
         attrs = layer.call.attrs
-        if layer.call.op.name == "relax.nn.conv2d":
-            product = relax.op.nn.conv2d(data, relax.const(weight), strides=attrs.strides, padding=attrs.padding,
+        is_conv = layer.call.op.name == "relax.nn.conv2d"
+        dense = not is_conv or int(attrs.groups) == 1  # a dot-product kernel (depthwise convs are not)
+        zero_point = 128 if dense and dtype == "int8" and self.form.shift_signed_inputs else 0
+        data = self._quantize(layer.input, scale, "uint8" if zero_point else dtype, zero_point)
+        weight, weight_scales = _quantize_weight(layer.weight, layer.channel_axis, self.form.weight_levels)
+        if is_conv:
+            data_layout, kernel_layout = str(attrs.data_layout), str(attrs.kernel_layout)
+            padding = [int(p) for p in attrs.padding]
+            channels = weight.shape[kernel_layout.index("I")]
+            extra = (-channels) % self.form.channel_multiple if dense else 0
+            if extra or (zero_point and any(padding)):
+                # pad explicitly: with the zero point (the shifted zero), and channels to the multiple
+                widths = {"C": (0, extra), "H": (padding[0], padding[2]), "W": (padding[1], padding[3])}
+                data = self.builder_.emit(relax.op.nn.pad(data, [v for axis in data_layout for v in widths.get(axis, (0, 0))],
+                                                          pad_value=float(zero_point)))
+                padding = [0, 0, 0, 0]
+                if extra:
+                    weight = np.pad(weight, [(0, extra) if axis == "I" else (0, 0) for axis in kernel_layout])
+            product = relax.op.nn.conv2d(data, relax.const(weight), strides=attrs.strides, padding=padding,
                                          dilation=attrs.dilation, groups=attrs.groups, data_layout=attrs.data_layout,
                                          kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
                                          out_dtype="int32")
             out_layout = str(attrs.out_layout or attrs.data_layout)
             rescale_shape = [-1 if axis == "C" else 1 for axis in out_layout]
+            reduced_axes = tuple(i for i, axis in enumerate(kernel_layout) if axis != "O")
         else:
             product = relax.op.matmul(data, relax.const(weight), out_dtype="int32")
             rescale_shape = [-1]
+            reduced_axes = (0,)
         accumulated = self.builder_.emit(product)
         rescale = (scale * weight_scales).astype("float32").reshape(rescale_shape)
         value = relax.op.multiply(relax.op.astype(accumulated, "float32"), relax.const(rescale))
+        if zero_point:
+            # sum_k (x_k + 128) w_k = sum_k x_k w_k + 128 sum_k w_k: take the second term back off
+            compensation = zero_point * weight.astype(np.int64).sum(axis=reduced_axes) * (scale * weight_scales)
+            value = relax.op.subtract(value, relax.const(compensation.astype("float32").reshape(rescale_shape)))
         self._bind(binding.var, value)
 
     def _bind(self, var: relax.Var, value: relax.Expr) -> None:
@@ -379,20 +429,25 @@ class _Quantizer(relax.PyExprMutator):
             new = self.builder_.emit_output(value, name_hint=var.name)
         self.set_var_remap(var, new)
 
-    def _quantize(self, tensor: relax.Var, scale: float, dtype: str) -> relax.Var:
+    def _quantize(self, tensor: relax.Var, scale: float, dtype: str, zero_point: int = 0) -> relax.Var:
         """The integer version of `tensor` (made once); later float readers get it dequantized."""
-        key = (tensor, scale, dtype)
+        key = (tensor, scale, dtype, zero_point)
         if key in self.quantized:
             return self.quantized[key]
         low, high = (0, 255) if dtype == "uint8" else (-128, 127)
         value = self.visit_expr(tensor)
         scaled = relax.op.multiply(value, _broadcast_constant(1.0 / scale, tensor))
+        if zero_point:
+            scaled = relax.op.add(relax.op.round(scaled), _broadcast_constant(float(zero_point), tensor))
         quantized = self.builder_.emit(relax.op.astype(relax.op.clip(relax.op.round(scaled), low, high), dtype),
                                        name_hint=f"{tensor.name}_q")
         self.quantized[key] = quantized
         if isinstance(tensor, relax.DataflowVar):
+            as_float = relax.op.astype(quantized, "float32")
+            if zero_point:
+                as_float = relax.op.subtract(as_float, _broadcast_constant(float(zero_point), tensor))
             dequantized = self.builder_.emit(
-                relax.op.multiply(relax.op.astype(quantized, "float32"), _broadcast_constant(scale, tensor)),
+                relax.op.multiply(as_float, _broadcast_constant(scale, tensor)),
                 name_hint=f"{tensor.name}_dq")
             self.set_var_remap(tensor, dequantized)
         return quantized
@@ -404,12 +459,12 @@ def _broadcast_constant(value: float, like: relax.Var) -> relax.Expr:
     return relax.const(np.full([1] * len(like.ty.shape), value, dtype=np.float32))
 
 
-def _quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-channel int8 weights along `axis`, and their scales (one per channel)."""
+def _quantize_weight(weight: np.ndarray, axis: int, levels: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel int8 weights along `axis` in [-levels, levels], and their scales."""
     moved = np.moveaxis(weight, axis, 0)
     amax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
-    scales = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float64)
+    scales = np.where(amax > 0, amax / levels, 1.0).astype(np.float64)
     shape = [1] * weight.ndim
     shape[axis] = -1
-    quantized = np.clip(np.round(weight / scales.reshape(shape)), -127, 127).astype(np.int8)
+    quantized = np.clip(np.round(weight / scales.reshape(shape)), -levels, levels).astype(np.int8)
     return quantized, scales

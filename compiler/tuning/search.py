@@ -41,6 +41,7 @@ from compiler.errors import TuningError
 from compiler.frontends import ImportedModel
 from compiler.pipeline import PipelineConfig, run_to_tuning_point
 from passes.default_schedule import default_schedule
+from passes.dot_product import design_space
 from compiler.runtime.rpc import RemoteSpec
 from compiler.runtime.threads import configure_threads
 from targets import CpuShape, Preset
@@ -473,7 +474,7 @@ def _contexts(tasks, target, options: TuneOptions, task_logger: logging.Logger, 
         ms.TuneContext(
             mod=task.dispatched[0],
             target=target,
-            space_generator="post-order-apply",
+            space_generator=design_space(target),  # TVM's rules plus edgec's int8 dot-product kernels
             search_strategy=ms.search_strategy.EvolutionarySearch(
                 population_size=options.population, init_min_unmeasured=min(50, options.population)),
             task_name=task.task_name,
