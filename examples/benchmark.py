@@ -23,8 +23,10 @@ and engines do not slow down alike (compiler.bench.paired_latencies). Sections:
   their tuned build (shipped records), in the same rounds;
 - tuning cost: from the tuning histories shipped beside the records, the trials and minutes it took
   the estimated latency to get within 10% of its final value;
-- int8: ResNet-18 int8 (edgec PTQ) against edgec fp32 and onnxruntime's static int8 QDQ model, in
-  the preset's layout, where the preset's records cover the int8 kernels (else it says so);
+- int8: ResNet-18 and MobileNetV2 int8 (edgec PTQ on the CPU's dot-product kernels), zero-trial,
+  against edgec fp32 (zero-trial) and onnxruntime's static int8 QDQ model with the same calibration
+  data, on every x86 preset this CPU runs (x86-avx512: VNNI; x86-64: AVX2), plus the int8 build
+  with the shipped records where they tune some of its kernels;
 - prune: ResNet-18 with 50% of its channels pruned, no new tuning (the kernels no record covers get
   default schedules), against the unpruned model with its tuning records;
 - layout: the digits CNN in NCHW and NHWC (default schedules), the layout pass's latency effect.
@@ -295,48 +297,65 @@ def _chained(points: list[dict]) -> list[dict]:
     return chained
 
 
+INT8_MODELS = ("resnet18", "mobilenetv2")
+
+
 def int8_section(work: Path, args) -> list[dict]:
+    """int8 (edgec PTQ, the preset's dot-product kernels) against edgec fp32 and onnxruntime's static
+    int8 QDQ model (same calibration data), per model and per x86 preset this CPU runs; zero-trial
+    (no records) and, where the preset's records cover the int8 kernels, tuned."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from examples.export import example_model, export_onnx
     from passes import QuantizeConfig
 
-    model, x_tensor = example_model("resnet18")
-    x = x_tensor.numpy()
-    onnx_path = export_onnx(model, x_tensor, work / "resnet18-int8-source.onnx")
-    rng = np.random.default_rng(0)
-    calibration = [rng.random(x.shape, dtype=np.float32) for _ in range(8)]
+    rows = []
+    presets = [resolve_target(name) for name in X86_BY_CAPABILITY]
+    presets = [p for p in presets if p.execution_here().mode == "native"]
+    for name in INT8_MODELS:
+        model, x_tensor = example_model(name)
+        x = x_tensor.numpy()
+        onnx_path = export_onnx(model, x_tensor, work / f"{name}-int8-source.onnx")
+        rng = np.random.default_rng(0)
+        calibration = [rng.random(x.shape, dtype=np.float32) for _ in range(8)]
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.samples = iter({"input": c} for c in calibration)
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.samples = iter({"input": c} for c in calibration)
 
-        def get_next(self):
-            return next(self.samples, None)
+            def get_next(self):
+                return next(self.samples, None)
 
-    ort_int8 = work / "resnet18-ort-int8.onnx"
-    with console.status("onnxruntime static int8 quantization (QDQ, per-channel)"):
-        quantize_static(str(onnx_path), str(ort_int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    with console.status("compiling ResNet-18 fp32 and int8"):
-        fp32 = compile_onnx(onnx_path, work / "resnet18-fp32-for-int8", args.preset)
+        ort_int8 = work / f"{name}-ort-int8.onnx"
+        with console.status(f"onnxruntime static int8 quantization of {name} (QDQ, per-channel)"):
+            quantize_static(str(onnx_path), str(ort_int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         config = QuantizeConfig(tuple({"input": c} for c in calibration), "percentile")
-        int8 = compile_onnx(onnx_path, work / "resnet18-int8", args.preset, quantize=config)
-    tuned = json.loads((int8 / "manifest.json").read_text())["tuning"]
-    if not tuned or tuned["tuned"] < tuned["tasks"]:  # default schedules take seconds per run: not worth timing
-        count = f"{tuned['tuned']} of {tuned['tasks']}" if tuned else "0"
-        console.print(f"int8: {count} int8 kernels of ResNet-18 have {args.preset.name} records; not timed (tune them "
-                      f"with: edgec tune MODEL -t {args.preset.name} --quantize int8 --calibration-data FILE)")
-        return [{"model": "resnet18", "int8 kernels tuned": count}]
-    engines = [edgec_engine(int8, x, "edgec int8"), edgec_engine(fp32, x, "edgec fp32"),
-               onnxruntime_engine(ort_int8, x, "onnxruntime int8"), onnxruntime_engine(onnx_path, x, "onnxruntime fp32")]
-    with console.status("timing int8"):
-        timed = paired(engines, "edgec int8", args.rounds, max(1, args.runs // 2))
-    latency, relative = timed.median_s, timed.relative
-    return [{"model": "resnet18", "int8 kernels tuned": f"{tuned['tuned']} of {tuned['tasks']}",
-             **{f"{k} ms": v * 1e3 for k, v in latency.items()},
-             "edgec fp32 / edgec int8": relative["edgec fp32"].median,
-             **_ratio_cells("onnxruntime int8 / edgec int8", relative["onnxruntime int8"])}]
+        for preset in presets:
+            with console.status(f"compiling {name} fp32 and int8 for {preset.name}, zero-trial and with records"):
+                builds = {"fp32": compile_onnx(onnx_path, work / f"{name}-{preset.name}-fp32", preset, tuning_log=None),
+                          "int8": compile_onnx(onnx_path, work / f"{name}-{preset.name}-int8", preset, tuning_log=None,
+                                               quantize=config),
+                          "int8 records": compile_onnx(onnx_path, work / f"{name}-{preset.name}-int8-records", preset,
+                                                       quantize=config)}
+            manifest = json.loads((builds["int8"] / "manifest.json").read_text())
+            on_dot = sum("+" in source for source in manifest["schedules"].values())
+            tuned = json.loads((builds["int8 records"] / "manifest.json").read_text())["tuning"]
+            engines = [edgec_engine(builds["int8"], x, "edgec int8"), edgec_engine(builds["fp32"], x, "edgec fp32"),
+                       onnxruntime_engine(ort_int8, x, "onnxruntime int8"),
+                       onnxruntime_engine(onnx_path, x, "onnxruntime fp32")]
+            if tuned and tuned["tuned"]:
+                engines.append(edgec_engine(builds["int8 records"], x, "edgec int8 tuned"))
+            with console.status(f"timing {name} int8 on {preset.name}"):
+                timed = paired(engines, "edgec int8", args.rounds, args.runs)
+            relative = timed.relative
+            rows.append({"model": name, "preset": preset.name,
+                         "kernels on dot product": f"{on_dot} of {len(manifest['schedules'])}",
+                         **{f"{k} ms": v * 1e3 for k, v in timed.median_s.items()},
+                         **_ratio_cells("edgec fp32 / edgec int8", relative["edgec fp32"]),
+                         **_ratio_cells("onnxruntime int8 / edgec int8", relative["onnxruntime int8"]),
+                         "int8 kernels tuned": f"{tuned['tuned']} of {tuned['tasks']}" if tuned else "0"})
+    return rows
 
 
 def prune_section(work: Path, args) -> list[dict]:
@@ -419,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
         sections = [("fp32", "fp32, batch 1, medians (ratios > 1: edgec is faster)", fp32_section),
                     ("zero-trial", "zero-trial (no tuning records), batch 1 (ratios > 1: edgec is faster)", zero_trial_section),
                     ("tuning", "tuning cost (estimates from the tuning process)", lambda w, a: tuning_cost_section(a.histories)),
-                    ("int8", "int8 ResNet-18 (ratios > 1: edgec int8 is faster)", int8_section),
+                    ("int8", "int8 (ratios > 1: edgec int8 is faster)", int8_section),
                     ("prune", "structured pruning, ResNet-18", prune_section),
                     ("layout", "conv layout, digits CNN", layout_section)]
         for key, title, section in sections:

@@ -130,26 +130,39 @@ def kernel_module(func: tvm.tirx.PrimFunc) -> tvm.IRModule:
 def default_schedule(mod: tvm.IRModule, target: tvm.target.Target, cpu: CpuShape) -> s_tir.Schedule | None:
     """The default point of `mod`'s MetaSchedule design space, postprocessed; None if none applies.
 
-    The target's own rules first (what `edgec tune` explores); where they only offer tensorized
-    spaces (int8 dot-product intrinsics, e.g. VNNI on x86-avx512), TVM's generic LLVM rules, whose
-    int8 kernels are vectorized int32 code: a tensorized default needs decisions that keep the
-    vectorizer off the intrinsic's loops, not made yet.
+    The target's own space first (what `edgec tune` explores). An int8 kernel takes the first space
+    tensorized with the CPU's dot-product instruction (passes/dot_product.py), trying the
+    half-width intrinsic's space where the full width does not divide its channels, before any
+    space of int32 vector code; TVM's generic LLVM space is the last resort.
     """
-    generators = [design_space(target), ms.space_generator.PostOrderApply(sch_rules="llvm", postprocs="llvm",
-                                                                          mutator_probs="llvm")]
-    for generator in generators:
+    generic = ms.space_generator.PostOrderApply(sch_rules="llvm", postprocs="llvm", mutator_probs="llvm")
+    generators = [design_space(target), design_space(target, narrow=True), generic]
+    fallback = None
+    for generator in filter(None, generators):
+        if fallback is not None and not _integer(mod):
+            break  # only int8 kernels have tensorized spaces to look further for
         context = ms.TuneContext(mod=mod, target=target, space_generator=generator,
                                  task_name="default", rand_state=0, num_threads=1)
         try:
             spaces = context.space_generator.generate_design_space(mod)
         except (RuntimeError, ValueError, TypeError) as err:
             log.debug("no design space: %s", err)
-            return None
+            return fallback
         for space in _by_preference(spaces):
+            if fallback is not None and not _tensorized(space):
+                continue
             sch = _replayed(mod, space, context.space_generator.postprocs, cpu)
-            if sch is not None and _tensorized_as_planned(space, sch):
+            if sch is None or not _tensorized_as_planned(space, sch):
+                continue
+            if _tensorized(space):
                 return sch
-    return None
+            fallback = sch
+            break
+    return fallback
+
+
+def _integer(mod: tvm.IRModule) -> bool:
+    return any(arg.dtype in ("int8", "uint8") for arg in ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
 
 
 def _replayed(mod: tvm.IRModule, space: s_tir.Schedule, postprocs: list, cpu: CpuShape) -> s_tir.Schedule | None:

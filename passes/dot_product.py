@@ -5,7 +5,7 @@ Which instruction a target gets (`int8_dot_product(target)`), from its LLVM feat
 
 | target                      | instruction                      | intrinsic (C[n] += A[4] . B[n, 4]) |
 |-----------------------------|----------------------------------|------------------------------------|
-| x86 with AVX-512 VNNI       | vpdpbusd zmm (u8 x s8)           | 16 x 4                             |
+| x86 with AVX-512 VNNI       | vpdpbusd zmm, ymm (u8 x s8)      | 16 x 4, 8 x 4 (channels % 16 != 0) |
 | x86 with AVX2               | vpmaddubsw + vpmaddwd ymm (u8 x s8) | 8 x 4                           |
 | aarch64 with dotprod        | sdot (s8 x s8)                   | 4 x 4                              |
 | aarch64 NEON                | smull + saddlp + addp (s8 x s8)  | 4 x 4                              |
@@ -54,6 +54,7 @@ class DotProduct:
     signed_activations: bool  # s8 x s8 (ARM) or u8 x s8 (x86)
     weight_levels: int  # weights quantize to [-levels, levels]
     add_rule: bool  # TVM's default rules lack it: edgec adds MultiLevelTilingWithIntrin
+    narrow_intrinsic: str | None  # a half-width variant for output channels the full width does not divide
     llvm_intrinsic: str  # the LLVM intrinsic that marks a kernel using it
 
     def used_by(self, func: tvm.tirx.PrimFunc) -> bool:
@@ -65,44 +66,42 @@ class DotProduct:
 # ------------------------------------------------------------------------------- intrinsics
 
 
-@T.prim_func(s_tir=True)
-def _dot_16x4_u8i8i32_desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-                           C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        for i in T.serial(0, 16):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+def _u8i8i32_desc(lanes: int):
+    """C[lanes] += A[4] . B[lanes, 4], u8 x s8 -> s32: what every x86 intrinsic below computes."""
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
 
 
-@T.prim_func(s_tir=True)
-def _dot_16x4_u8i8i32_vnni(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-                           C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        # LLVM >= 19 types vpdpbusd's multiplicands as <64 x i8> (TVM's own intrinsic passes <16 x i32>)
-        a_u8x64 = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"),
-            a_u8x64, B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+def _vnni_impl(lanes: int):
+    """vpdpbusd on `lanes` int32 accumulators (16: zmm, 8: ymm). LLVM >= 19 types its multiplicands
+    as bytes (<64 x i8>); TVM 0.27's own intrinsic passes <16 x i32>, which LLVM 22 rejects."""
+    name = f"llvm.x86.avx512.vpdpbusd.{lanes * 32}"
 
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(name), C.vload([0], dtype=f"int32x{lanes}"),
+                T.reinterpret(T.broadcast(a_i32, lanes), dtype=f"uint8x{lanes * 4}"),
+                B.vload([0, 0], dtype=f"int8x{lanes * 4}"), dtype=f"int32x{lanes}")
 
-@T.prim_func(s_tir=True)
-def _dot_8x4_u8i8i32_desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
-                          C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+    return impl
 
 
 @T.prim_func(s_tir=True)
@@ -120,18 +119,19 @@ def _dot_8x4_u8i8i32_avx2(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buff
 
 
 _AVX2_INTRINSIC = "edgec_dot_8x4_u8i8i32_avx2"
-s_tir.TensorIntrin.register(_x86_intrinsics.VNNI_DOT_16x4_INTRIN, _dot_16x4_u8i8i32_desc, _dot_16x4_u8i8i32_vnni,
-                            override=True)
-s_tir.TensorIntrin.register(_AVX2_INTRINSIC, _dot_8x4_u8i8i32_desc, _dot_8x4_u8i8i32_avx2, override=True)
+_VNNI_8x4_INTRINSIC = "edgec_dot_8x4_u8i8i32_vnni"
+s_tir.TensorIntrin.register(_x86_intrinsics.VNNI_DOT_16x4_INTRIN, _u8i8i32_desc(16), _vnni_impl(16), override=True)
+s_tir.TensorIntrin.register(_VNNI_8x4_INTRINSIC, _u8i8i32_desc(8), _vnni_impl(8), override=True)
+s_tir.TensorIntrin.register(_AVX2_INTRINSIC, _u8i8i32_desc(8), _dot_8x4_u8i8i32_avx2, override=True)
 
 VNNI = DotProduct("vnni", _x86_intrinsics.VNNI_DOT_16x4_INTRIN, signed_activations=False, weight_levels=127,
-                  add_rule=False, llvm_intrinsic="llvm.x86.avx512.vpdpbusd.512")
+                  add_rule=False, narrow_intrinsic=_VNNI_8x4_INTRINSIC, llvm_intrinsic="llvm.x86.avx512.vpdpbusd")
 AVX2 = DotProduct("avx2", _AVX2_INTRINSIC, signed_activations=False, weight_levels=63, add_rule=True,
-                  llvm_intrinsic="llvm.x86.avx2.pmadd.ub.sw")
+                  narrow_intrinsic=None, llvm_intrinsic="llvm.x86.avx2.pmadd.ub.sw")
 SDOT = DotProduct("sdot", _arm_intrinsics.ARM_DOT_4x4_i8_SDOT_INTRIN, signed_activations=True, weight_levels=127,
-                  add_rule=False, llvm_intrinsic="llvm.aarch64.neon.sdot")
+                  add_rule=False, narrow_intrinsic=None, llvm_intrinsic="llvm.aarch64.neon.sdot")
 NEON = DotProduct("neon", _arm_intrinsics.ARM_DOT_4x4_i8_NEON_INTRIN, signed_activations=True, weight_levels=127,
-                  add_rule=False, llvm_intrinsic="llvm.aarch64.neon.smull")
+                  add_rule=False, narrow_intrinsic=None, llvm_intrinsic="llvm.aarch64.neon.smull")
 
 
 def int8_dot_product(target: tvm.target.Target) -> DotProduct | None:
@@ -150,22 +150,31 @@ def int8_dot_product(target: tvm.target.Target) -> DotProduct | None:
 # ------------------------------------------------------------------------------ design space
 
 
-def design_space(target: tvm.target.Target) -> ms.space_generator.PostOrderApply:
+def design_space(target: tvm.target.Target, narrow: bool = False) -> ms.space_generator.PostOrderApply | None:
     """MetaSchedule's design space for `target` as edgec tunes and defaults it: TVM's rules and
     postprocessors for the target, with the int8 dot-product rule where TVM lacks it and
-    `TensorizedOperands` in front of `RewriteTensorize`."""
+    `TensorizedOperands` in front of `RewriteTensorize`. `narrow`: the half-width intrinsic instead
+    of the full one, for kernels whose output channels the full width does not divide (both in one
+    space would tile a block twice)."""
     dot = int8_dot_product(target)
     if target.kind.name != "llvm":
-        return ms.space_generator.PostOrderApply()
+        return None if narrow else ms.space_generator.PostOrderApply()
     rules, postprocs, mutators = _target_defaults(target)
+    if dot is None and narrow:
+        return None
     if dot is None:  # TVM's intrinsic rules would only fail to tensorize here (32-bit ARM: aarch64 code)
         rules = [rule for rule in rules if type(rule).__name__ != "MultiLevelTilingWithIntrin"]
         postprocs = [p for p in postprocs if not isinstance(p, ms.postproc.RewriteTensorize)]
         return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs, mutator_probs=mutators)
-    if dot.add_rule:
+    if narrow:
+        if dot.narrow_intrinsic is None:
+            return None
+        rules = [rule for rule in rules if type(rule).__name__ != "MultiLevelTilingWithIntrin"]
+    added = [dot.narrow_intrinsic] if narrow else [dot.intrinsic] if dot.add_rule else []
+    for intrinsic in added:  # before the untensorized tiling: tensorized spaces come first
         position = next(i for i, rule in enumerate(rules) if type(rule).__name__ == "MultiLevelTiling")
         rules.insert(position, ms.schedule_rule.MultiLevelTilingWithIntrin(
-            dot.intrinsic, structure="SSRSRS", max_innermost_factor=64,
+            intrinsic, structure="SSRSRS", max_innermost_factor=64,
             reuse_write=ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global")))
     if not any(isinstance(p, ms.postproc.RewriteTensorize) for p in postprocs):
         position = next(i for i, p in enumerate(postprocs) if isinstance(p, ms.postproc.RewriteLayout))
@@ -175,12 +184,14 @@ def design_space(target: tvm.target.Target) -> ms.space_generator.PostOrderApply
     return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs, mutator_probs=mutators)
 
 
-def _target_defaults(target: tvm.target.Target) -> tuple[list, list, dict]:
-    @T.prim_func(s_tir=True)
-    def probe(a: T.Buffer((1,), "float32")):
-        a[0] = a[0] + T.float32(1)
+@T.prim_func(s_tir=True)
+def _probe(a: T.Buffer((1,), "float32")):
+    a[0] = a[0] + T.float32(1)
 
-    context = ms.TuneContext(mod=tvm.IRModule({"main": probe}), target=target,
+
+def _target_defaults(target: tvm.target.Target) -> tuple[list, list, dict]:
+    """TVM's rules, postprocessors and mutators for `target` (a context on a trivial kernel fills them)."""
+    context = ms.TuneContext(mod=tvm.IRModule({"main": _probe}), target=target,
                              space_generator=ms.space_generator.PostOrderApply(), task_name="probe")
     generator = context.space_generator
     return list(generator.sch_rules), list(generator.postprocs), dict(generator.mutator_probs)

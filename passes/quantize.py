@@ -109,6 +109,7 @@ class QuantizedLayer:
     quantized: bool
     input_dtype: str | None = None  # "int8" | "uint8" for quantized layers
     input_scale: float | None = None
+    note: str | None = None  # why a layer edgec tried to quantize stayed float
 
 
 @dataclass(frozen=True)
@@ -141,10 +142,12 @@ def quantize_int8(config: QuantizeConfig, on_report: Callable[[QuantizeReport], 
         check_keep_float(layers, config.keep_float)
         chosen = [layer for layer in layers if layer.name not in config.keep_float]
         ranges = calibrate(mod, [layer.input for layer in chosen], config)
-        rewritten = rewrite_to_integer(mod, {layer: ranges[layer.input] for layer in chosen}, config.form)
+        failures: dict[str, str] = {}
+        rewritten = rewrite_to_integer(mod, {layer: ranges[layer.input] for layer in chosen}, config.form, failures)
         if on_report is not None:
-            on_report(QuantizeReport(config.method, tuple(_report_layer(layer, ranges.get(layer.input), layer in chosen)
-                                                          for layer in layers)))
+            on_report(QuantizeReport(config.method, tuple(
+                _report_layer(layer, ranges.get(layer.input), layer in chosen and layer.name not in failures,
+                              failures.get(layer.name)) for layer in layers)))
         return rewritten
 
     return transform
@@ -208,10 +211,11 @@ def _layer(binding: relax.Binding, counts: dict[str, int]) -> Layer | None:
     return Layer(f"{kind}_{index}", binding.var, call, data, weight_np, axis)
 
 
-def _report_layer(layer: Layer, value_range: tuple[float, str] | None, quantized: bool) -> QuantizedLayer:
+def _report_layer(layer: Layer, value_range: tuple[float, str] | None, quantized: bool,
+                  note: str | None = None) -> QuantizedLayer:
     shape = tuple(int(d) for d in layer.weight.shape)
     if not quantized or value_range is None:
-        return QuantizedLayer(layer.name, shape, False)
+        return QuantizedLayer(layer.name, shape, False, note=note)
     scale, dtype = value_range
     return QuantizedLayer(layer.name, shape, True, dtype, float(scale))
 
@@ -356,9 +360,14 @@ def entropy_threshold(magnitudes: np.ndarray, levels: int = 128, bins: int = 204
 
 
 def rewrite_to_integer(mod: tvm.IRModule, plan: Mapping[Layer, tuple[float, str]],
-                       form: IntegerForm = IntegerForm()) -> tvm.IRModule:
-    """Rewrite each layer of `plan` into its integer form, its input quantized with (scale, dtype)."""
-    rewritten = _Quantizer(mod, {layer.var: (layer, value_range) for layer, value_range in plan.items()}, form).run()
+                       form: IntegerForm = IntegerForm(), failures: dict[str, str] | None = None) -> tvm.IRModule:
+    """Rewrite each layer of `plan` into its integer form, its input quantized with (scale, dtype).
+
+    A layer whose integer form TVM rejects stays float; `failures` receives its name and why."""
+    quantizer = _Quantizer(mod, {layer.var: (layer, value_range) for layer, value_range in plan.items()}, form)
+    rewritten = quantizer.run()
+    if failures is not None:
+        failures.update(quantizer.failures)
     return relax.transform.DeadCodeElimination()(rewritten)  # dequantized copies nobody reads
 
 
@@ -371,6 +380,7 @@ class _Quantizer(relax.PyExprMutator):
         self.mod_ = mod
         self.plan = plan
         self.form = form
+        self.failures: dict[str, str] = {}
         self.quantized: dict[tuple, relax.Var] = {}  # (float tensor, scale, dtype, zero point) -> integer version
 
     def run(self) -> tvm.IRModule:
@@ -382,6 +392,16 @@ class _Quantizer(relax.PyExprMutator):
         if binding.var not in self.plan:
             super().visit_var_binding_(binding)
             return
+        layer, _ = self.plan[binding.var]
+        try:
+            self._rewrite(binding)
+        except (tvm.error.InternalError, RuntimeError, ValueError, TypeError) as err:
+            # TVM rejected this layer's integer form: it stays float, and the report says why
+            message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            self.failures[layer.name] = f"kept float: {message}"
+            super().visit_var_binding_(binding)
+
+    def _rewrite(self, binding: relax.VarBinding) -> None:
         layer, (scale, dtype) = self.plan[binding.var]
         attrs = layer.call.attrs
         is_conv = layer.call.op.name == "relax.nn.conv2d"

@@ -9,7 +9,7 @@ from compiler.frontends import load_model
 from compiler.pipeline import PipelineConfig, count_kernels, run_to_tuning_point
 from examples.digits_cnn import load_digits_split
 from passes import simplify_for_inference
-from passes.quantize import QuantizeConfig, QuantizeError, entropy_threshold, find_layers, quantize_int8, run_on_host
+from passes.quantize import IntegerForm, QuantizeConfig, QuantizeError, entropy_threshold, find_layers, quantize_int8, run_on_host
 from tests.helpers import run_relax
 
 
@@ -193,3 +193,25 @@ def test_tuning_can_pick_the_targets_int8_dot_product_instruction(digits, preset
                                  task_name=task.task_name)
         used = {name for space in context.generate_design_space() for name in re.findall(r'"(dot_\w+)"', str(space.trace))}
         assert intrinsic in used, (task.task_name, used)
+
+
+def test_signed_inputs_shift_to_uint8_with_compensation_exactly(digits):
+    """u8 x s8 targets (x86): a layer whose input can be negative reads it + 128 as uint8, padded with
+    128 and with its input channels padded to 4; the result equals the plain int8 layer's."""
+    mod, calibration, x_test, _ = digits
+    signed = tuple({"input": sample["input"] - 0.5} for sample in calibration)
+    plain, _ = _quantized(mod, signed)
+    shifted, report = _quantized(mod, signed, form=IntegerForm(shift_signed_inputs=True, channel_multiple=4))
+    first = _integer_calls(shifted)[0]
+    assert report.layers[0].input_dtype == "int8"  # calibrated as signed ...
+    assert str(first.args[0].ty.dtype) == "uint8"  # ... and run as uint8 with zero point 128
+    assert int(first.args[1].ty.shape[1]) == 4  # 1 input channel padded to the intrinsic's 4
+    inputs = x_test[:50] - 0.5
+    np.testing.assert_allclose(_predictions(shifted, inputs), _predictions(plain, inputs), rtol=1e-4, atol=1e-4)
+
+
+def test_weight_levels_bound_the_integer_weights(digits):
+    mod, calibration, _, _ = digits
+    quantized, _ = _quantized(mod, calibration, form=IntegerForm(weight_levels=63))
+    for call in _integer_calls(quantized):
+        assert np.abs(call.args[1].value.numpy()).max() == 63
