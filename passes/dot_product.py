@@ -25,15 +25,17 @@ onnxruntime's `reduce_range` does (`weight_levels`).
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
+import sys
+import types
 from dataclasses import dataclass
 
 import tvm
-from tvm import s_tir
+from tvm import s_tir, te
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
-from tvm.s_tir.tensor_intrin import arm_cpu as _arm_intrinsics  # noqa: F401  (registers ARM's)
-from tvm.s_tir.tensor_intrin import x86 as _x86_intrinsics  # noqa: F401  (registered first, replaced below)
 from tvm.script import tirx as T
 from tvm.target import codegen
 from tvm.tirx.analysis import undefined_vars
@@ -104,34 +106,97 @@ def _vnni_impl(lanes: int):
     return impl
 
 
-@T.prim_func(s_tir=True)
-def _dot_8x4_u8i8i32_avx2(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
-                          C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        pairs = T.call_llvm_pure_intrin(  # u8 x s8, adjacent pairs summed to int16 (saturating)
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
-            T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32"), B.vload([0, 0], dtype="int8x32"), dtype="int16x16")
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.broadcast(T.int16(1), 16), dtype="int32x8")
+def _avx2_impl():
+    """vpmaddubsw + vpmaddwd on 8 int32 accumulators."""
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
+             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+            T.writes(C[0:8])
+            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            pairs = T.call_llvm_pure_intrin(  # u8 x s8, adjacent pairs summed to int16 (saturating)
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32"), B.vload([0, 0], dtype="int8x32"),
+                dtype="int16x16")
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.broadcast(T.int16(1), 16),
+                dtype="int32x8")
+
+    return impl
 
 
-_AVX2_INTRINSIC = "edgec_dot_8x4_u8i8i32_avx2"
+_INTRINSICS_PACKAGE = "tvm.s_tir.tensor_intrin"
+_VNNI_16x4_INTRINSIC = "dot_16x4_vnni"  # TVM's name (tensor_intrin/x86.py), replaced by edgec's below
 _VNNI_8x4_INTRINSIC = "edgec_dot_8x4_u8i8i32_vnni"
-s_tir.TensorIntrin.register(_x86_intrinsics.VNNI_DOT_16x4_INTRIN, _u8i8i32_desc(16), _vnni_impl(16), override=True)
-s_tir.TensorIntrin.register(_VNNI_8x4_INTRINSIC, _u8i8i32_desc(8), _vnni_impl(8), override=True)
-s_tir.TensorIntrin.register(_AVX2_INTRINSIC, _u8i8i32_desc(8), _dot_8x4_u8i8i32_avx2, override=True)
+_AVX2_INTRINSIC = "edgec_dot_8x4_u8i8i32_avx2"
 
-VNNI = DotProduct("vnni", _x86_intrinsics.VNNI_DOT_16x4_INTRIN, signed_activations=False, weight_levels=127,
+VNNI = DotProduct("vnni", _VNNI_16x4_INTRINSIC, signed_activations=False, weight_levels=127,
                   add_rule=False, narrow_intrinsic=_VNNI_8x4_INTRINSIC, llvm_intrinsic="llvm.x86.avx512.vpdpbusd")
 AVX2 = DotProduct("avx2", _AVX2_INTRINSIC, signed_activations=False, weight_levels=63, add_rule=True,
                   narrow_intrinsic=None, llvm_intrinsic="llvm.x86.avx2.pmadd.ub.sw")
-SDOT = DotProduct("sdot", _arm_intrinsics.ARM_DOT_4x4_i8_SDOT_INTRIN, signed_activations=True, weight_levels=127,
+SDOT = DotProduct("sdot", "dot_4x4_i8i8s32_sdot", signed_activations=True, weight_levels=127,
                   add_rule=False, narrow_intrinsic=None, llvm_intrinsic="llvm.aarch64.neon.sdot")
-NEON = DotProduct("neon", _arm_intrinsics.ARM_DOT_4x4_i8_NEON_INTRIN, signed_activations=True, weight_levels=127,
+NEON = DotProduct("neon", "dot_4x4_i8i8s32_neon", signed_activations=True, weight_levels=127,
                   add_rule=False, narrow_intrinsic=None, llvm_intrinsic="llvm.aarch64.neon.smull")
+
+
+def import_tensor_intrinsics(target: tvm.target.Target) -> None:
+    """Register the tensor intrinsics `target`'s kernels can name: TVM's for its CPU (x86, ARM or
+    RISC-V) and edgec's dot products. Call before MetaSchedule meets the target (a TuneContext, a
+    record's trace).
+
+    `import tvm.s_tir.tensor_intrin`, which every TuneContext does, registers every backend's and
+    takes 30-100 s on a small machine: each of its hundreds of TVMScript functions is parsed with a
+    walk of the interpreter stack, slower the more modules are loaded and the deeper the imports
+    nest. So the package is imported with its backend modules stubbed (TuneContext's import is then
+    free) and only the target's module is imported, from a function call rather than inside an
+    import. A later `import tvm.s_tir.tensor_intrin.cuda` still registers CUDA's.
+    """
+    _import_intrinsics_package_alone()
+    module = _cpu_intrinsics_module(target)
+    if module is not None:
+        importlib.import_module(f"{_INTRINSICS_PACKAGE}.{module}")
+    if module == "x86":
+        _register_x86_intrinsics()
+
+
+def _import_intrinsics_package_alone() -> None:
+    if _INTRINSICS_PACKAGE in sys.modules:
+        return
+    backends = ("cuda", "arm_cpu", "x86", "rocm", "hexagon", "riscv_cpu")  # what its __init__ imports
+    stubs = {name: types.ModuleType(f"{_INTRINSICS_PACKAGE}.{name}") for name in backends
+             if f"{_INTRINSICS_PACKAGE}.{name}" not in sys.modules}
+    sys.modules.update({stub.__name__: stub for stub in stubs.values()})
+    try:
+        importlib.import_module(_INTRINSICS_PACKAGE)
+    finally:
+        loaded = sys.modules.get(_INTRINSICS_PACKAGE)
+        for name, stub in stubs.items():
+            if sys.modules.get(stub.__name__) is stub:
+                del sys.modules[stub.__name__]
+            if loaded is not None and getattr(loaded, name, None) is stub:
+                delattr(loaded, name)
+
+
+def _cpu_intrinsics_module(target: tvm.target.Target) -> str | None:
+    if target.kind.name != "llvm":
+        return None
+    triple = str(target.attrs.get("mtriple", "")) or codegen.llvm_get_system_triple()
+    arch = triple.split("-")[0]
+    if arch in ("x86_64", "i686", "i386"):
+        return "x86"
+    if arch.startswith(("aarch64", "arm")):
+        return "arm_cpu"
+    return "riscv_cpu" if arch.startswith("riscv") else None
+
+
+@functools.cache
+def _register_x86_intrinsics() -> None:
+    s_tir.TensorIntrin.register(_VNNI_16x4_INTRINSIC, _u8i8i32_desc(16), _vnni_impl(16), override=True)
+    s_tir.TensorIntrin.register(_VNNI_8x4_INTRINSIC, _u8i8i32_desc(8), _vnni_impl(8), override=True)
+    s_tir.TensorIntrin.register(_AVX2_INTRINSIC, _u8i8i32_desc(8), _avx2_impl(), override=True)
 
 
 def int8_dot_product(target: tvm.target.Target) -> DotProduct | None:
@@ -156,6 +221,7 @@ def design_space(target: tvm.target.Target, narrow: bool = False) -> ms.space_ge
     `TensorizedOperands` in front of `RewriteTensorize`. `narrow`: the half-width intrinsic instead
     of the full one, for kernels whose output channels the full width does not divide (both in one
     space would tile a block twice)."""
+    import_tensor_intrinsics(target)
     dot = int8_dot_product(target)
     if target.kind.name != "llvm":
         return None if narrow else ms.space_generator.PostOrderApply()
@@ -184,14 +250,11 @@ def design_space(target: tvm.target.Target, narrow: bool = False) -> ms.space_ge
     return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs, mutator_probs=mutators)
 
 
-@T.prim_func(s_tir=True)
-def _probe(a: T.Buffer((1,), "float32")):
-    a[0] = a[0] + T.float32(1)
-
-
 def _target_defaults(target: tvm.target.Target) -> tuple[list, list, dict]:
     """TVM's rules, postprocessors and mutators for `target` (a context on a trivial kernel fills them)."""
-    context = ms.TuneContext(mod=tvm.IRModule({"main": _probe}), target=target,
+    a = te.placeholder((1,), name="a")
+    probe = te.create_prim_func([a, te.compute((1,), lambda i: a[i] + 1.0, name="b")])
+    context = ms.TuneContext(mod=tvm.IRModule({"main": probe}), target=target,
                              space_generator=ms.space_generator.PostOrderApply(), task_name="probe")
     generator = context.space_generator
     return list(generator.sch_rules), list(generator.postprocs), dict(generator.mutator_probs)

@@ -31,9 +31,7 @@ import importlib.resources
 import json
 import logging
 import os
-import sys
 import tempfile
-import types
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +41,7 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 
 from compiler.errors import TuningError
+from passes.dot_product import import_tensor_intrinsics
 from targets import Preset
 
 WORKLOADS = "database_workload.json"
@@ -554,7 +553,7 @@ def open_for_compile(sources: RecordSources | None, preset: Preset,
         if not opened:
             yield None
             return
-        import_cpu_intrinsics()  # a record's trace may tensorize with them
+        import_tensor_intrinsics(target)  # a record's trace may tensorize with them
         yield TuningRecords(opened)
 
 
@@ -579,33 +578,6 @@ def _open_copy(directory: Path, target: tvm.target.Target, stack: contextlib.Exi
 
 
 # ----------------------------------------------------------------------------------------- shared
-
-_GPU_INTRINSICS = ("cuda", "rocm", "hexagon")
-
-
-def import_cpu_intrinsics() -> None:
-    """Register TVM's CPU tensor intrinsics (x86, ARM, RISC-V) without the GPU ones.
-
-    `import tvm.s_tir.tensor_intrin` registers all of them and takes 60-100 s on a small machine,
-    55 s of it in `cuda`. MetaSchedule only needs the ones its traces name, so the GPU modules are
-    stubbed for the package import and removed again: a later `import tvm.s_tir.tensor_intrin.cuda`
-    still registers the CUDA ones. Afterwards TuneContext's own import of the package is free.
-    """
-    package = "tvm.s_tir.tensor_intrin"
-    if package in sys.modules:
-        return
-    stubs = {name: types.ModuleType(f"{package}.{name}") for name in _GPU_INTRINSICS if f"{package}.{name}" not in sys.modules}
-    sys.modules.update({stub.__name__: stub for stub in stubs.values()})
-    try:
-        import tvm.s_tir.tensor_intrin  # noqa: F401
-    finally:
-        loaded = sys.modules.get(package)
-        for name, stub in stubs.items():
-            if sys.modules.get(stub.__name__) is stub:
-                del sys.modules[stub.__name__]
-            if loaded is not None and getattr(loaded, name, None) is stub:
-                delattr(loaded, name)
-
 
 def _last_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]

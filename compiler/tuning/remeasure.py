@@ -29,6 +29,7 @@ from compiler.tuning import provenance
 from compiler.errors import TuningError
 from compiler.runtime.threads import configure_threads
 from compiler.tuning.search import EVALUATOR, PersistentBuilder
+from passes.dot_product import import_tensor_intrinsics
 from targets import Preset
 
 
@@ -88,7 +89,7 @@ def remeasure_records(options: RemeasureOptions, on_progress: ProgressCallback |
     if not (directory / tuning_db.WORKLOADS).is_file():
         raise TuningError(f"no tuning database at {directory}; tune first with: edgec tune MODEL --target {preset.name}")
     configure_threads()  # the records are timed in this process, on every core, as models run
-    tuning_db.import_cpu_intrinsics()
+    import_tensor_intrinsics(target)
     with tuning_db.locked_records(directory, target) as repaired:
         measured = tuning_db.measured_records(repaired)
         builder = PersistentBuilder(options.build_workers, options.build_timeout_s, preset.cross_compiler)

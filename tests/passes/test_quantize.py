@@ -176,13 +176,13 @@ def test_tuning_can_pick_the_targets_int8_dot_product_instruction(digits, preset
 
     from tvm.s_tir import meta_schedule as ms
 
-    from compiler.tuning.database import import_cpu_intrinsics
+    from passes.dot_product import import_tensor_intrinsics
     from targets import resolve_target
 
-    import_cpu_intrinsics()
     mod, calibration, _, _ = digits
     preset = resolve_target(preset_name)
     target = preset.tvm_target()
+    import_tensor_intrinsics(target)
     config = PipelineConfig(tuning_log=None, quantize=QuantizeConfig(calibration[:10])).for_preset(preset)
     tasks = ms.relax_integration.extract_tasks(run_to_tuning_point(mod, target, config), target)
     # conv2d_1 and conv2d_2 (conv2d_0 has one input channel: too few to fill a dot product)
