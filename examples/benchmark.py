@@ -25,8 +25,10 @@ and engines do not slow down alike (compiler.bench.paired_latencies). Sections:
   the estimated latency to get within 10% of its final value;
 - int8: ResNet-18 and MobileNetV2 int8 (edgec PTQ on the CPU's dot-product kernels), zero-trial,
   against edgec fp32 (zero-trial) and onnxruntime's static int8 QDQ model with the same calibration
-  data, on every x86 preset this CPU runs (x86-avx512: VNNI; x86-64: AVX2), plus the int8 build
-  with the shipped records where they tune some of its kernels;
+  data, on every x86 preset this CPU runs (x86-avx512: VNNI; x86-64: AVX2); where the shipped
+  records tune some of its int8 kernels, a second run of the int8 and fp32 builds with the records
+  (tuned against tuned) against the same onnxruntime models; and the int8 architecture matrix
+  (examples/int8_matrix.py), zero-trial int8 against zero-trial fp32;
 - prune: ResNet-18 with 50% of its channels pruned, no new tuning (the kernels no record covers get
   default schedules), against the unpruned model with its tuning records;
 - layout: the digits CNN in NCHW and NHWC (default schedules), the layout pass's latency effect.
@@ -337,24 +339,55 @@ def int8_section(work: Path, args) -> list[dict]:
                           "int8": compile_onnx(onnx_path, work / f"{name}-{preset.name}-int8", preset, tuning_log=None,
                                                quantize=config),
                           "int8 records": compile_onnx(onnx_path, work / f"{name}-{preset.name}-int8-records", preset,
-                                                       quantize=config)}
+                                                       quantize=config),
+                          "fp32 records": compile_onnx(onnx_path, work / f"{name}-{preset.name}-fp32-records", preset)}
             manifest = json.loads((builds["int8"] / "manifest.json").read_text())
             on_dot = sum("+" in source for source in manifest["schedules"].values())
             tuned = json.loads((builds["int8 records"] / "manifest.json").read_text())["tuning"]
-            engines = [edgec_engine(builds["int8"], x, "edgec int8"), edgec_engine(builds["fp32"], x, "edgec fp32"),
-                       onnxruntime_engine(ort_int8, x, "onnxruntime int8"),
-                       onnxruntime_engine(onnx_path, x, "onnxruntime fp32")]
-            if tuned and tuned["tuned"]:
-                engines.append(edgec_engine(builds["int8 records"], x, "edgec int8 tuned"))
-            with console.status(f"timing {name} int8 on {preset.name}"):
+            ort = [onnxruntime_engine(ort_int8, x, "onnxruntime int8"), onnxruntime_engine(onnx_path, x, "onnxruntime fp32")]
+            engines = [edgec_engine(builds["int8"], x, "edgec int8"), edgec_engine(builds["fp32"], x, "edgec fp32"), *ort]
+            with console.status(f"timing {name} int8 on {preset.name}, zero-trial"):
                 timed = paired(engines, "edgec int8", args.rounds, args.runs)
-            relative = timed.relative
-            rows.append({"model": name, "preset": preset.name,
-                         "kernels on dot product": f"{on_dot} of {len(manifest['schedules'])}",
+            row = {"model": name, "preset": preset.name,
+                   "kernels on dot product": f"{on_dot} of {len(manifest['schedules'])}",
+                   **{f"{k} ms": v * 1e3 for k, v in timed.median_s.items()},
+                   **_ratio_cells("edgec fp32 / edgec int8", timed.relative["edgec fp32"]),
+                   **_ratio_cells("onnxruntime int8 / edgec int8", timed.relative["onnxruntime int8"]),
+                   "int8 kernels tuned": f"{tuned['tuned']} of {tuned['tasks']}" if tuned else "0"}
+            if tuned and tuned["tuned"]:  # both edgec builds with the shipped records, in a run of their own
+                engines = [edgec_engine(builds["int8 records"], x, "edgec int8 tuned"),
+                           edgec_engine(builds["fp32 records"], x, "edgec fp32 tuned"), *ort]
+                with console.status(f"timing {name} int8 on {preset.name}, with records"):
+                    timed = paired(engines, "edgec int8 tuned", args.rounds, args.runs)
+                row.update({f"{k} ms": v * 1e3 for k, v in timed.median_s.items() if "tuned" in k},
+                           **_ratio_cells("edgec fp32 tuned / edgec int8 tuned", timed.relative["edgec fp32 tuned"]),
+                           **_ratio_cells("onnxruntime int8 / edgec int8 tuned", timed.relative["onnxruntime int8"]))
+            rows.append(row)
+    return rows + int8_matrix_rows(work, args, presets)
+
+
+def int8_matrix_rows(work: Path, args, presets: list) -> list[dict]:
+    """The int8 architecture matrix (examples/int8_matrix.py, 32x32 inputs): zero-trial int8 against
+    zero-trial fp32 per model and native x86 preset (`--quantize int8` must never be slower)."""
+    from examples.int8_matrix import MODELS, export_matrix_model, matrix_inputs
+    from passes import QuantizeConfig
+
+    rows = []
+    calibration = tuple({"input": x[None]} for x in matrix_inputs(16, seed=2))
+    x = matrix_inputs(1, seed=3)
+    for name in MODELS:
+        onnx_path = export_matrix_model(name, work / f"matrix-{name}.onnx")
+        for preset in presets:
+            with console.status(f"compiling {name} fp32 and int8 for {preset.name}"):
+                fp32 = compile_onnx(onnx_path, work / f"matrix-{name}-{preset.name}-fp32", preset, tuning_log=None)
+                int8 = compile_onnx(onnx_path, work / f"matrix-{name}-{preset.name}-int8", preset, tuning_log=None,
+                                    quantize=QuantizeConfig(calibration, "percentile"))
+            with console.status(f"timing {name} int8 on {preset.name}"):
+                timed = paired([edgec_engine(int8, x, "edgec int8"), edgec_engine(fp32, x, "edgec fp32")],
+                               "edgec int8", args.rounds, args.runs)
+            rows.append({"model": f"matrix: {name}", "preset": preset.name,
                          **{f"{k} ms": v * 1e3 for k, v in timed.median_s.items()},
-                         **_ratio_cells("edgec fp32 / edgec int8", relative["edgec fp32"]),
-                         **_ratio_cells("onnxruntime int8 / edgec int8", relative["onnxruntime int8"]),
-                         "int8 kernels tuned": f"{tuned['tuned']} of {tuned['tasks']}" if tuned else "0"})
+                         **_ratio_cells("edgec fp32 / edgec int8", timed.relative["edgec fp32"])})
     return rows
 
 

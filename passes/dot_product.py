@@ -271,8 +271,10 @@ class TensorizedOperands(ms.postproc.PyPostproc):
     A weight read as W[n, ..., k] by an intrinsic over [n:n+16, k:k+4] is packed to
     W'[n/16, ..., k/4, 16, 4] by a `layout_rewrite_preproc` block (the prepack phase computes it at
     compile time). Loops that `RewriteParallelVectorizeUnroll` vectorized around the intrinsic (its
-    body is already vector code) are unrolled instead. A block whose non-constant operand would
-    need packing is left as it is: `RewriteTensorize` then leaves it scalar, still correct.
+    body is already vector code) are unrolled instead. A candidate the intrinsic cannot replace is
+    dropped (the postprocessor fails): one whose computed operand would need packing, or that
+    inlined a producer (the padding) into the block, which would stay scalar after
+    `RewriteTensorize` and make TVM's `RewriteLayout` raise on the packed weight.
     """
 
     def _initialize_with_tune_context(self, context: ms.TuneContext) -> None:
@@ -356,6 +358,8 @@ def _pack_operands(sch: s_tir.Schedule, block) -> None:
     if len(children) != 1:
         return
     inner = sch.get(children[0])
+    if inner.reads and not _multiplies_two_loads(inner):  # (an init block reads nothing)
+        raise ValueError(f"a producer was inlined into {inner.name_hint}: it cannot match the intrinsic")
     inner_vars = [iv.var for iv in inner.iter_vars]
     params = {buffer.name for buffer in _param_buffers(sch)}
     for region in inner.reads:
@@ -378,6 +382,20 @@ def _pack_operands(sch: s_tir.Schedule, block) -> None:
             lambda *i: [i[d] // extents[d] if d in extents else i[d] for d in range(rank)]
             + [i[d] % extents[d] for d in order], ndim=rank)
         sch.transform_layout(cached, ("write", 0), index_map)
+
+
+def _multiplies_two_loads(block) -> bool:
+    """Whether `block` is C += A * B over two loads, as every dot-product intrinsic's description is.
+    A candidate that inlined a producer into it (the padding's if_then_else) would stay scalar after
+    RewriteTensorize, and RewriteLayout then fails on its packed weight: it is dropped instead."""
+    store = block.body
+    if not isinstance(store, tvm.tirx.BufferStore) or not isinstance(store.value, tvm.tirx.Add):
+        return False
+    product = store.value.b
+    if not isinstance(product, tvm.tirx.Mul):
+        return False
+    return all(isinstance(x.value if isinstance(x, tvm.tirx.Cast) else x, tvm.ir.expr.TensorLoad)
+               for x in (product.a, product.b))
 
 
 def _param_buffers(sch: s_tir.Schedule) -> list:

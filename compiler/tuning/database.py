@@ -223,7 +223,8 @@ def _warn_dropped(repaired: Repaired, directory: Path) -> None:
                     repaired.dropped, directory)
 
 
-def _open(directory: Path) -> ms.database.JSONDatabase:
+def _open(directory: Path, target: tvm.target.Target) -> ms.database.JSONDatabase:
+    import_tensor_intrinsics(target)  # reading a record parses its trace, which may name an intrinsic
     return ms.database.JSONDatabase(work_dir=str(directory), allow_missing=False)
 
 
@@ -254,7 +255,7 @@ def open_for_tuning(directory: Path, target: tvm.target.Target) -> Iterator[ms.d
             _warn_dropped(repaired, directory)
             repaired.write(directory)
         try:
-            database = _open(directory)
+            database = _open(directory, target)
         except (RuntimeError, ValueError) as err:  # what MetaSchedule's JSON reader raises
             raise TuningError(f"MetaSchedule cannot open the tuning database {directory} ({_last_line(err)}); "
                               "move it away and tune again") from None
@@ -553,7 +554,6 @@ def open_for_compile(sources: RecordSources | None, preset: Preset,
         if not opened:
             yield None
             return
-        import_tensor_intrinsics(target)  # a record's trace may tensorize with them
         yield TuningRecords(opened)
 
 
@@ -571,7 +571,7 @@ def _open_copy(directory: Path, target: tvm.target.Target, stack: contextlib.Exi
     copy = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgec-records-")))
     repaired.write(copy)
     try:
-        return _open(copy)
+        return _open(copy, target)
     except (RuntimeError, ValueError) as err:  # what MetaSchedule's JSON reader raises
         log.warning("ignoring the tuning records in %s: MetaSchedule cannot read them (%s)", directory, _last_line(err))
         return None

@@ -683,3 +683,39 @@ def test_shipped_records_cover_every_kernel_of_the_examples(example, name, prese
     assert untuned == []
     # shipped compact: one record per kernel
     assert len(lines(directory / tuning_db.RECORDS)) == len(lines(directory / tuning_db.WORKLOADS))
+
+
+@pytest.mark.parametrize("preset_name", X86_BY_CAPABILITY)
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2", "digits"])
+def test_shipped_records_cover_every_int8_kernel_of_the_examples(example, name, preset_name):
+    """`--quantize int8` builds of the examples find records for every kernel too, whatever the
+    calibration data (scales reach the kernels as tensors)."""
+    from compiler.frontends import load_model
+    from passes import QuantizeConfig
+
+    preset = resolve_target(preset_name)
+    target = preset.tvm_target()
+    files = example(name)
+    samples = tuple({"input": s} for s in np.random.default_rng(7).random((2, *files.input.shape), dtype=np.float32))
+    config = PipelineConfig(quantize=QuantizeConfig(samples)).for_preset(preset)
+    mod = run_to_tuning_point(load_model(files.onnx).mod, target, config)
+    tasks = ms.relax_integration.extract_tasks(mod, target)
+    with tuning_db.open_for_compile(tuning_db.RecordSources(user=False), preset, target) as records:
+        untuned = [t.task_name for t in tasks if not tuning_db.is_tuned(records.database, t, target)]
+    assert untuned == []
+
+
+def test_a_new_process_reads_records_whose_traces_name_a_dot_product_intrinsic(example, tmp_path):
+    """int8 records tensorize with an intrinsic (edgec registers x86's on first use): a fresh
+    `edgec compile` registers it before MetaSchedule parses the records, rather than skipping the
+    shipped database as unreadable."""
+    files = example("digits")
+    np.savez(tmp_path / "calibration.npz", input=np.random.default_rng(0).random((4, *files.input.shape), dtype=np.float32))
+    command = [sys.executable, "-m", "compiler.cli", "compile", files.onnx, "--target", "x86-avx512", "-o",
+               tmp_path / "int8", "--quantize", "int8", "--calibration-data", tmp_path / "calibration.npz"]
+    result = subprocess.run([str(c) for c in command], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ignoring the tuning records" not in result.stdout + result.stderr
+    manifest = json.loads((tmp_path / "int8" / "manifest.json").read_text())
+    assert manifest["tuning"]["tuned"] == manifest["tuning"]["tasks"]
+    assert any(source.startswith("tuned (shipped) + vnni") for source in manifest["schedules"].values())

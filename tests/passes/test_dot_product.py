@@ -89,3 +89,36 @@ def test_float_kernels_are_not_tensorized():
 
     _, report, _ = _scheduled(Conv, "x86-avx512")
     assert report.defaults and not report.dot_product_kernels
+
+
+def test_sampled_points_of_the_tensorized_space_postprocess_or_are_dropped():
+    """Tuning samples the tensorized space at random: a point that inlines the padding into the
+    intrinsic's block cannot tensorize, and must be dropped by the postprocessors, not raise (TVM's
+    RewriteLayout raised on its packed weight, which stopped the whole search for that kernel)."""
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    from passes.default_schedule import kernel_module
+    from passes.dot_product import design_space
+
+    mod, _ = _int8_conv("uint8", 64, 127)
+    target = resolve_target("x86-avx512").tvm_target()
+    with target:
+        fused = relax.transform.AttachAttrLayoutFreeBuffers()(fuse_for_cpu(mod))
+    kernel = kernel_module(next(f for f in fused.functions.values() if isinstance(f, tvm.tirx.PrimFunc)))
+    context = ms.TuneContext(mod=kernel, target=target, space_generator=design_space(target), task_name="conv",
+                             rand_state=1, num_threads=1)
+    spaces = [s for s in context.space_generator.generate_design_space(kernel)
+              if any(inst.kind.name == "Blockize" for inst in s.trace.insts)]
+    assert spaces
+    outcomes = []
+    for space in spaces:
+        for seed in range(1, 13):
+            sch = s_tir.Schedule(kernel, seed=seed)
+            s_tir.schedule.Trace(space.trace.insts, {}).apply_to_schedule(sch, remove_postproc=True)  # fresh decisions
+            sch.enter_postproc()
+            kept = all(postproc.apply(sch) for postproc in context.space_generator.postprocs)
+            outcomes.append("tensorized" if kept and any(i.kind.name == "Tensorize" for i in sch.trace.insts)
+                            else "kept" if kept else "dropped")
+    assert "tensorized" in outcomes
+    assert "kept" not in outcomes  # every point that survives runs on the intrinsic
