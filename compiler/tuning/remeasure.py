@@ -98,8 +98,8 @@ def remeasure_records(options: RemeasureOptions, on_progress: ProgressCallback |
             for done, (index, records) in enumerate(sorted(measured.items())):
                 workload = ms.database.Workload.from_json(json.loads(repaired.workloads[index]))
                 top = records[: options.top_k]
-                seconds = _time_interleaved(top, workload, target, builder, options.rounds)
-                _warn_failed(directory, repaired.workloads[index], seconds)
+                seconds, failure = _time_interleaved(top, workload, target, builder, options.rounds)
+                _warn_failed(directory, repaired.workloads[index], seconds, failure)
                 timed = [(rank, record.with_run_secs(secs)) for rank, (record, secs) in enumerate(zip(top, seconds)) if secs]
                 if timed:
                     timed.sort(key=lambda item: item[1].mean_s)
@@ -119,17 +119,21 @@ def remeasure_records(options: RemeasureOptions, on_progress: ProgressCallback |
 
 
 def _time_interleaved(records: list[tuning_db.MeasuredRecord], workload: ms.database.Workload,
-                      target: tvm.target.Target, builder: PersistentBuilder, rounds: int) -> list[list[float] | None]:
-    """Seconds per run of each record's schedule, one sample per round (None: it failed to build)."""
+                      target: tvm.target.Target, builder: PersistentBuilder,
+                      rounds: int) -> tuple[list[list[float] | None], str | None]:
+    """Seconds per run of each record's schedule, one sample per round (None: it failed to replay or
+    build), and why they failed (distinct reasons, joined)."""
     candidates = [_candidate(record, workload) for record in records]
     replayed = [c for c in candidates if c is not None]
     built = iter(builder.build([ms.builder.BuilderInput(c.sch.mod, target) for c in replayed]))
     device = tvm.cpu()
-    timers = []
+    timers, failures = [], []
     for candidate in candidates:
         result = next(built) if candidate is not None else None
         if result is None or result.error_msg is not None:
             timers.append(None)
+            reason = "a trace no longer replays" if result is None else _last_line(result.error_msg)
+            failures += [reason] if reason not in failures else []
             continue
         library = tvm.runtime.load_module(result.artifact_path)
         shutil.rmtree(os.path.dirname(result.artifact_path), ignore_errors=True)  # loaded: the file may go
@@ -146,17 +150,23 @@ def _time_interleaved(records: list[tuning_db.MeasuredRecord], workload: ms.data
             if timers[i] is not None:
                 timer, args = timers[i]
                 samples[i].append(float(timer(*args).mean))
-    return samples
+    return samples, "; ".join(failures) or None
 
 
-def _warn_failed(directory: Path, workload_line: str, seconds: list[list[float] | None]) -> None:
+def _last_line(message: str) -> str:
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no message"
+
+
+def _warn_failed(directory: Path, workload_line: str, seconds: list[list[float] | None], failure: str | None) -> None:
     """One warning per kernel whose records no longer replay or build: they are dropped (all of
     them failing: the kernel keeps its old records)."""
     failed = sum(secs is None for secs in seconds)
     if failed:
         outcome = "kept its old records" if failed == len(seconds) else "dropped them"
         tuning_db.log.warning(f"{directory}: kernel {json.loads(workload_line)[0]}: {failed} of its {len(seconds)} best "
-                              f"records no longer replay or build here (TVM or the kernel changed); {outcome}")
+                              f"records no longer replay or build here (TVM or the kernel changed); {outcome} "
+                              f"({failure})")
 
 
 def _candidate(record: tuning_db.MeasuredRecord, workload: ms.database.Workload) -> ms.MeasureCandidate | None:

@@ -384,8 +384,8 @@ def test_tuning_measures_every_kernels_default_schedule_first(tuned, model, host
     from passes.default_schedule import default_schedule
 
     root, _ = tuned
-    database = tuning_db._open(root / "host")
     target = host.tvm_target()
+    database = tuning_db._open(root / "host", target)
     for mod, name in model_kernels(model, host, PipelineConfig(tuning_log=None)):
         with target:
             default = default_schedule(mod, target, host.cpu_shape())
