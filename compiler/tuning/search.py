@@ -8,7 +8,8 @@ the batches in flight), and a re-run resumes with the tasks that have no record 
 
 Cost on small machines comes from process start-up, so the builder keeps one worker pool for the
 whole run (MetaSchedule's LocalBuilder starts a new pool, with a 60-100 s import, for every batch)
-and only the CPU tensor intrinsics are imported (passes.dot_product.import_tensor_intrinsics).
+and only the target's tensor intrinsics are imported (passes.dot_product.import_tensor_intrinsics, when
+the database is opened).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from compiler.errors import TuningError
 from compiler.frontends import ImportedModel
 from compiler.pipeline import PipelineConfig, run_to_tuning_point
 from passes.default_schedule import default_schedule
-from passes.dot_product import design_space, import_tensor_intrinsics
+from passes.dot_product import design_space
 from compiler.runtime.rpc import RemoteSpec
 from compiler.runtime.threads import configure_threads
 from targets import CpuShape, Preset
@@ -338,7 +339,6 @@ class _Session:
         The worker pools are shut down whatever happens.
         """
         options = self.options
-        import_tensor_intrinsics(self.target)
         batches = [p // options.trials_per_iter for p in plan]
         issued, failures = [0] * len(tasks), [0] * len(tasks)
         builder = runner = None
