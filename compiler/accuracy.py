@@ -25,7 +25,8 @@ import tvm
 from compiler.errors import InputError
 from compiler.evaluate import sqnr_db, top1
 from compiler.pipeline import PipelineConfig, run_graph_passes
-from passes.quantize import QuantizeConfig, calibrate, check_keep_float, find_layers, rewrite_to_integer, run_on_host
+from passes.quantize import (QuantizeConfig, calibrate, check_keep_float, find_layers, rewrite_to_integer, run_on_host,
+                             unpaid_layers)
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,12 @@ def choose_float_layers(mod: tvm.IRModule, config: PipelineConfig, guard: Accura
     found = find_layers(float_mod)
     layers = [layer.name for layer in found]
     check_keep_float(found, config.quantize.keep_float)
+    unpaid = unpaid_layers(found, config.quantize)  # float in every candidate: int8 would not be faster
     ranges = calibrate(float_mod, [layer.input for layer in found], config.quantize)  # once for every candidate
 
     def accuracy_with(keep: Sequence[str]) -> tuple[float, list[np.ndarray]]:
-        quantized = rewrite_to_integer(float_mod, {layer: ranges[layer.input] for layer in found if layer.name not in keep},
+        quantized = rewrite_to_integer(float_mod, {layer: ranges[layer.input] for layer in found
+                                                   if layer.name not in keep and layer.name not in unpaid},
                                        config.quantize.form)
         outputs = _outputs(quantized, guard.samples)
         return _accuracy(outputs, reference, guard.labels), outputs
@@ -76,7 +79,7 @@ def choose_float_layers(mod: tvm.IRModule, config: PipelineConfig, guard: Accura
     sensitivity: list[dict[str, Any]] = []
     if float_accuracy - accuracy > guard.max_drop:
         for name in layers:
-            if name not in keep:
+            if name not in keep and name not in unpaid:
                 _, outputs = accuracy_with([other for other in layers if other != name])
                 sensitivity.append({"layer": name, "sqnr_db": sqnr_db(outputs, reference)})
         sensitivity.sort(key=lambda entry: entry["sqnr_db"])

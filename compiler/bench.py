@@ -18,6 +18,7 @@ import numpy as np
 
 from compiler.errors import BenchError
 from compiler.runtime import RemoteSpec, open_model
+from compiler.runtime.instructions import InstructionCount
 from compiler.specs import BenchSpec, LatencyStats, TensorSpec
 
 
@@ -44,6 +45,13 @@ def bench(artifact: Path, spec: BenchSpec, device: str = "local", remote: Remote
     the device itself."""
     with open_model(artifact, device, remote) as model:
         return model.bench(random_inputs(model.manifest.inputs), spec)
+
+
+def count_instructions(artifact: Path, runs: int = 3) -> InstructionCount:
+    """Guest instructions per inference of an emulated (aarch64) artifact under qemu, at one thread on
+    its preset's core: a speed proxy for ARM builds (compiler.runtime.instructions)."""
+    with open_model(artifact, "qemu") as model:
+        return model.count_instructions(random_inputs(model.manifest.inputs), runs)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,11 @@ class Quantize(str, enum.Enum):
     int8 = "int8"
 
 
+class Int8Layers(str, enum.Enum):
+    paying = "paying"
+    all = "all"
+
+
 class CalibrationMethod(str, enum.Enum):
     minmax = "minmax"
     percentile = "percentile"
@@ -69,6 +74,7 @@ QuantizeOption = Annotated[Optional[Quantize], typer.Option("--quantize", help="
 CalibrationDataOption = Annotated[Optional[Path], typer.Option("--calibration-data", help="FILE.npz: one array per input, keyed by input name, samples stacked on a new first axis.")]
 CalibrationMethodOption = Annotated[CalibrationMethod, typer.Option("--calibration-method", help="How activation ranges are chosen from the calibration data.")]
 PercentileOption = Annotated[float, typer.Option("--percentile", help="With --calibration-method percentile: the percentile of magnitudes that becomes the int8 range.")]
+Int8LayersOption = Annotated[Int8Layers, typer.Option("--int8-layers", help="paying: quantize the layers int8 makes faster on the target (depthwise, grouped and shallow convs on cache-resident tensors stay float; the manifest says why); all: every conv2d/matmul.")]
 KeepFloatOption = Annotated[Optional[str], typer.Option("--keep-float", help="LAYER,... left in float (names as conv2d_0, matmul_0: see the manifest's quantize report).")]
 EvalDataOption = Annotated[Optional[Path], typer.Option("--eval-data", help="With --quantize and --max-accuracy-drop: FILE.npz of inputs plus 'label' to guard accuracy with.")]
 MaxAccuracyDropOption = Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Largest accepted top-1 drop as a fraction (0.01 = one point); layers that cost most stay float.")]
@@ -120,6 +126,7 @@ def compile_command(
     calibration_method: CalibrationMethodOption = CalibrationMethod.percentile,
     percentile: PercentileOption = 99.99,
     keep_float: KeepFloatOption = None,
+    int8_layers: Int8LayersOption = Int8Layers.paying,
     eval_data: EvalDataOption = None,
     max_accuracy_drop: MaxAccuracyDropOption = None,
     prune: PruneOption = None,
@@ -142,7 +149,8 @@ def compile_command(
         check_toolchain(preset)
         shapes = dict(parse_input_shape(text) for text in input_shape or [])
         graph = _GraphOptions.check(prune, prune_criterion, layout, winograd, quantize, calibration_data,
-                                    calibration_method, percentile, keep_float, eval_data, max_accuracy_drop)
+                                    calibration_method, percentile, keep_float, eval_data, max_accuracy_drop,
+                                    int8_layers)
         with console.status(f"importing {model.name}"):
             imported = load_model(model, shapes)
         sources = None if untuned else RecordSources(extra=tuning_log)
@@ -186,18 +194,20 @@ class _GraphOptions:
     calibration_method: CalibrationMethod
     percentile: float
     keep_float: tuple[str, ...]
+    int8_layers: Int8Layers
     eval_data: Path | None
     max_accuracy_drop: float | None
 
     @classmethod
     def check(cls, prune, prune_criterion, layout, winograd, quantize, calibration_data, calibration_method,
-              percentile, keep_float, eval_data, max_accuracy_drop) -> _GraphOptions:
+              percentile, keep_float, eval_data, max_accuracy_drop, int8_layers=Int8Layers.paying) -> _GraphOptions:
         """Settings checked before the model is imported: one line naming what is wrong or missing."""
         from passes import LayoutConfig, PruneConfig, WinogradConfig
 
         if quantize is None:
             extra = [name for name, value in (("--calibration-data", calibration_data), ("--keep-float", keep_float),
                                               ("--max-accuracy-drop", max_accuracy_drop)) if value is not None]
+            extra += ["--int8-layers"] if int8_layers != Int8Layers.paying else []
             if extra:
                 raise EdgecError(f"{', '.join(extra)} applies to quantization: add --quantize int8")
         elif calibration_data is None:
@@ -214,7 +224,7 @@ class _GraphOptions:
             winograd=WinogradConfig(enabled=winograd) if winograd is not None else None,
             quantize=quantize, calibration_data=calibration_data, calibration_method=calibration_method,
             percentile=percentile, keep_float=tuple(n.strip() for n in (keep_float or "").split(",") if n.strip()),
-            eval_data=eval_data, max_accuracy_drop=max_accuracy_drop,
+            int8_layers=int8_layers, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop,
         )
 
     def pipeline_config(self, imported, **settings):
@@ -226,7 +236,7 @@ class _GraphOptions:
         if self.quantize is not None:
             samples, _ = load_eval_data(self.calibration_data, imported.inputs, what="calibration data")
             quantize = QuantizeConfig(tuple(samples), self.calibration_method.value, self.percentile, self.keep_float,
-                                      str(self.calibration_data))
+                                      str(self.calibration_data), every_layer=self.int8_layers == Int8Layers.all)
         return PipelineConfig(prune=self.prune, layout=self.layout, winograd=self.winograd, quantize=quantize, **settings)
 
     def accuracy_guard(self, imported):
@@ -285,6 +295,7 @@ def tune_command(
     calibration_method: CalibrationMethodOption = CalibrationMethod.percentile,
     percentile: PercentileOption = 99.99,
     keep_float: KeepFloatOption = None,
+    int8_layers: Int8LayersOption = Int8Layers.paying,
     eval_data: EvalDataOption = None,
     max_accuracy_drop: MaxAccuracyDropOption = None,
     prune: PruneOption = None,
@@ -315,7 +326,8 @@ def tune_command(
             tracker = parse_host_port(rpc_tracker, "--rpc-tracker") if rpc_tracker else None
             remote = RemoteSpec(tracker=tracker, key=rpc_key, timeout_s=timeout)
         graph = _GraphOptions.check(prune, prune_criterion, layout, winograd, quantize, calibration_data,
-                                    calibration_method, percentile, keep_float, eval_data, max_accuracy_drop)
+                                    calibration_method, percentile, keep_float, eval_data, max_accuracy_drop,
+                                    int8_layers)
         shapes = dict(parse_input_shape(text) for text in input_shape or [])
         with console.status(f"importing {model.name}"):
             imported = load_model(model, shapes)
@@ -545,19 +557,27 @@ def bench_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document: artifact, device and latency stats.")] = False,
     kernels: Annotated[int, typer.Option("--kernels", help="Also time each kernel (local device) and list the N slowest.")] = 0,
     against: Annotated[Optional[Path], typer.Option("--against", help="With --kernels: a second build of the model, run interleaved; its kernel times go beside.")] = None,
+    count_instructions: Annotated[bool, typer.Option("--count-instructions", help="With --device qemu: also count guest instructions per run (qemu TCG plugin, 1 thread, the preset's core): a speed proxy for ARM builds, steadier than emulated time.")] = False,
 ) -> None:
     """Time an artifact's single runs (min, mean, p50, p90, p99, max, std in ms) here or on a remote device."""
     from compiler.artifact import read_manifest
     from compiler.bench import BenchSpec, bench, check_kernel_options, kernel_times
+    from compiler.bench import count_instructions as count_guest_instructions
 
     with user_errors():
         spec = BenchSpec(warmup=warmup, runs=runs)
         kind, remote = _device(device, rpc_tracker, rpc_key, rpc, timeout)
         check_kernel_options(kernels, against, kind)
+        if count_instructions and kind != "qemu":
+            raise EdgecError(f"--count-instructions counts guest instructions under qemu: add --device qemu (not {kind})")
         manifest = read_manifest(artifact)
         where = remote.describe() if remote else kind
         with console.status(f"benchmarking {artifact.name} on {where}"):
             stats = bench(artifact, spec, kind, remote)
+        instructions = None
+        if count_instructions:
+            with console.status("counting guest instructions (1 thread)"):
+                instructions = count_guest_instructions(artifact)
         per_kernel = []
         if kernels:
             with console.status("timing each kernel" + (f" beside {against.name}" if against else "")):
@@ -571,6 +591,7 @@ def bench_command(
             "unit": "ms",
             "stats": stats.to_json(),
             **({"kernels": rows} if kernels else {}),
+            **({"instructions": instructions.to_json()} if instructions is not None else {}),
         }
         _print_json(info)
         return
@@ -578,6 +599,10 @@ def bench_command(
     columns = ("min", "mean", "p50", "p90", "p99", "max", "std")
     typer.echo("".join(f"{name:>11}" for name in columns))
     typer.echo("".join(f"{getattr(stats, name):>11.4g}" for name in columns))
+    if instructions is not None:
+        typer.echo(f"guest instructions per run: {instructions.per_run / 1e6:,.2f} M (mean of {instructions.runs} runs, "
+                   f"{instructions.threads} thread, qemu -cpu {instructions.cpu}; a speed proxy counted by a qemu "
+                   f"TCG plugin, not a time)")
     if kernels:
         _print_kernel_rows(rows, against)
 

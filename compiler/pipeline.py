@@ -24,8 +24,8 @@ import tvm.relax.backend.gpu_generic.pipeline  # noqa: F401
 
 from compiler.errors import PhaseError
 from compiler.tuning.database import RecordSources
-from passes import (IntegerForm, LayoutConfig, PruneConfig, QuantizeConfig, WinogradConfig, convert_layout,
-                    default_schedules, depthwise_rule, lower_qdq_to_integer, prune_channels, quantize_int8,
+from passes import (Int8Payoff, IntegerForm, LayoutConfig, PruneConfig, QuantizeConfig, WinogradConfig, convert_layout,
+                    default_schedules, depthwise_rule, fast_math, lower_qdq_to_integer, prune_channels, quantize_int8,
                     simplify_for_inference, winograd_conv2d)
 from passes.dot_product import int8_dot_product
 
@@ -79,9 +79,21 @@ class PipelineConfig:
         resolved = replace(self, layout=self.layout or LayoutConfig(preset.layout, chosen_by="preset"), winograd=winograd,
                            cpu=self.cpu or preset.cpu_shape())
         resolved = replace(resolved, int8_form=self.int8_form or _integer_form(preset))
-        if self.quantize is None or self.quantize.form == resolved.int8_form:
+        if self.quantize is None:
             return resolved
-        return replace(resolved, quantize=replace(self.quantize, form=resolved.int8_form))
+        payoff = None if self.quantize.every_layer else _int8_payoff(preset)
+        return replace(resolved, quantize=replace(self.quantize, form=resolved.int8_form, payoff=payoff))
+
+
+def _int8_payoff(preset: Preset) -> Int8Payoff | None:
+    """Where int8 is faster than float on the preset's CPU (passes/quantize.py); None off CPUs."""
+    cpu = preset.cpu_shape()
+    if preset.device != "cpu" or cpu is None:
+        return None
+    dot = int8_dot_product(preset.tvm_target())
+    # a quarter of L2: the layer's weights and the block's other tensors share it (MobileNetV2's 7x7
+    # depthwise layers, 376 KB, still gained from int8 on a 1 MB L2)
+    return Int8Payoff(dot_speedup=dot.speedup if dot is not None else None, cache_bytes=cpu.l2_bytes // 4)
 
 
 def _integer_form(preset: Preset) -> IntegerForm:
@@ -182,6 +194,8 @@ def _phases_to_tuning_point(config: PipelineConfig, target: tvm.target.Target,
         rewrite = (winograd_conv2d(config.winograd, _report_to(reports, "winograd")),) if config.winograd.enabled else ()
         phases.append(Phase("winograd", rewrite, config.winograd.to_json()))
     phases += [
+        # sigmoid/exp/tanh/erf/softmax as vectorizable polynomials, not a libm call per element
+        Phase("fast-math", (fast_math(),)),
         # TVM: library dispatch, legalization to TIR, operator fusion (conv+bias+activation in one kernel)
         Phase("dispatch", tuple(backend.library_dispatch_passes(target))),
         Phase("legalize-fuse", tuple(backend.legalize_passes(target))),

@@ -31,7 +31,11 @@ and engines do not slow down alike (compiler.bench.paired_latencies). Sections:
   (examples/int8_matrix.py), zero-trial int8 against zero-trial fp32;
 - prune: ResNet-18 with 50% of its channels pruned, no new tuning (the kernels no record covers get
   default schedules), against the unpruned model with its tuning records;
-- layout: the digits CNN in NCHW and NHWC (default schedules), the layout pass's latency effect.
+- layout: the digits CNN in NCHW and NHWC (default schedules), the layout pass's latency effect;
+- arm: the digits CNN, MobileNetV2 and ResNet-18 for cortex-a72 (fp32) and cortex-a76 (fp32 and int8
+  on sdot), zero-trial, counted in guest instructions per inference under qemu at one thread (a
+  speed proxy: compiler/runtime/instructions.py) against onnxruntime's aarch64 build on the same
+  emulated core (examples/arm_reference.py; needs `dpkg --add-architecture arm64 && apt-get update`).
 """
 
 from __future__ import annotations
@@ -426,6 +430,42 @@ def layout_section(work: Path, args) -> list[dict]:
              "NCHW / NHWC": timed.relative["NCHW"].median}]
 
 
+ARM_MODELS = ("digits", "mobilenetv2", "resnet18")
+
+
+def arm_section(work: Path, args) -> list[dict]:
+    """ARM builds without a board: guest instructions per inference under qemu at one thread
+    (compiler/runtime/instructions.py), edgec's zero-trial cortex-a72 fp32 builds against onnxruntime's
+    aarch64 build on the same emulated core (examples/arm_reference.py), and cortex-a76 int8 (sdot)
+    against its own fp32 build. A proxy for speed: counts, not times."""
+    from compiler.bench import count_instructions
+    from examples.arm_reference import count_onnxruntime
+    from examples.export import example_model, export_onnx
+    from passes import QuantizeConfig
+
+    rows = []
+    a72, a76 = resolve_target("cortex-a72"), resolve_target("cortex-a76")
+    for name in ARM_MODELS:
+        model, x_tensor = example_model(name)
+        x = x_tensor.numpy()
+        onnx_path = export_onnx(model, x_tensor, work / f"{name}-arm.onnx")
+        calibration = tuple({"input": x + 0.1 * np.random.default_rng(i).standard_normal(x.shape).astype(np.float32)}
+                            for i in range(4))
+        with console.status(f"compiling {name} for cortex-a72 (fp32) and cortex-a76 (fp32, int8), no records"):
+            builds = {"a72 fp32": compile_onnx(onnx_path, work / f"{name}-a72", a72, tuning_log=None),
+                      "a76 fp32": compile_onnx(onnx_path, work / f"{name}-a76", a76, tuning_log=None),
+                      "a76 int8": compile_onnx(onnx_path, work / f"{name}-a76-int8", a76, tuning_log=None,
+                                               quantize=QuantizeConfig(calibration, "percentile"))}
+        with console.status(f"counting {name}'s instructions under qemu (edgec, then onnxruntime aarch64)"):
+            counts = {label: count_instructions(path).per_run for label, path in builds.items()}
+            reference, _ = count_onnxruntime(onnx_path, [x], "cortex-a72")
+        rows.append({"model": name, "onnxruntime a72 M": reference.per_run / 1e6,
+                     **{f"edgec {label} M": value / 1e6 for label, value in counts.items()},
+                     "onnxruntime / edgec, a72": reference.per_run / counts["a72 fp32"],
+                     "a76 fp32 / int8": counts["a76 fp32"] / counts["a76 int8"]})
+    return rows
+
+
 def _cell(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else "" if value is None else str(value)
 
@@ -450,7 +490,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--skip", default="", type=lambda s: set(filter(None, s.split(","))),
-                        help="sections to leave out: fp32, zero-trial, tuning, int8, prune, layout; and variants: the fp32 "
+                        help="sections to leave out: fp32, zero-trial, tuning, int8, prune, layout, arm; and variants: the fp32 "
                              "rows' builds in the other layout and with direct convs only (untuned: slow)")
     parser.add_argument("--target", help=f"x86 preset to compile for (default: the first of "
                                           f"{', '.join(X86_BY_CAPABILITY)} that runs natively here)")
@@ -473,7 +513,9 @@ def main(argv: list[str] | None = None) -> None:
                     ("tuning", "tuning cost (estimates from the tuning process)", lambda w, a: tuning_cost_section(a.histories)),
                     ("int8", "int8 (ratios > 1: edgec int8 is faster)", int8_section),
                     ("prune", "structured pruning, ResNet-18", prune_section),
-                    ("layout", "conv layout, digits CNN", layout_section)]
+                    ("layout", "conv layout, digits CNN", layout_section),
+                    ("arm", "ARM under qemu: guest instructions per inference, 1 thread (a proxy; ratios > 1: edgec "
+                            "executes fewer)", arm_section)]
         for key, title, section in sections:
             if key in args.skip:
                 continue

@@ -276,6 +276,11 @@ def _tiled_block_plan(block: Any, cpu: CpuShape, lanes: int | None = None) -> di
     lanes = lanes or cpu.f32_lanes * 4 // _dtype_bytes(block)
     plan: dict[int, list[int]] = {}
     columns, vectors = _columns(extent[spatial[-1]], lanes) if spatial else (1, 1)
+    group = _group_width(block, spatial[-1]) if spatial else None
+    if group is not None and group % columns:
+        # a grouped conv: a vector across groups reads each lane's input from another group (a
+        # gather, 10x slower); within one group every lane reads the same input (a broadcast)
+        columns, vectors = _largest_divisor(group, lanes), 1
     rows_var = next((i for i in reversed(spatial[:-1]) if extent[i] > 1), None)
     budget = min(_MAX_ROWS, max(1, (cpu.vector_registers - vectors - 1) // vectors))
     rows = _largest_divisor(extent[rows_var], budget) if rows_var is not None else 1
@@ -292,6 +297,26 @@ def _tiled_block_plan(block: Any, cpu: CpuShape, lanes: int | None = None) -> di
         inner = _largest_divisor(extent[channel], min(panel, 256))
         plan[channel] = [extent[channel] // inner, inner]
     return plan
+
+
+def _group_width(block: Any, channel: int) -> int | None:
+    """Output channels per group if `block` is a grouped conv: it reads its input at channel
+    `c // width * width + rc` for the output channel var `c` (TOPI's group_conv2d)."""
+    channel_var = block.iter_vars[channel].var
+    widths = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, tvm.tirx.FloorDiv) and isinstance(node.b, tvm.tirx.IntImm) \
+                and isinstance(node.a, tvm.tirx.Var) and node.a.same_as(channel_var):
+            widths.append(int(node.b.value))
+        for operand in ("a", "b"):  # index arithmetic: binary operators all the way down
+            if hasattr(node, operand):
+                visit(getattr(node, operand))
+
+    for region in block.reads:
+        for index in region.region:
+            visit(index.min)
+    return min(widths) if widths else None
 
 
 def _columns(extent: int, lanes: int) -> tuple[int, int]:

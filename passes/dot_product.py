@@ -58,6 +58,9 @@ class DotProduct:
     add_rule: bool  # TVM's default rules lack it: edgec adds MultiLevelTilingWithIntrin
     narrow_intrinsic: str | None  # a half-width variant for output channels the full width does not divide
     llvm_intrinsic: str  # the LLVM intrinsic that marks a kernel using it
+    # multiply-accumulates per instruction over a float32 FMA's, at the same vector width: what int8
+    # saves in a kernel's inner loop (passes/quantize.py's Int8Payoff)
+    speedup: float
 
     def used_by(self, func: tvm.tirx.PrimFunc) -> bool:
         """Whether a scheduled kernel calls the instruction (a tensorized default or tuned record)."""
@@ -133,13 +136,15 @@ _VNNI_8x4_INTRINSIC = "edgec_dot_8x4_u8i8i32_vnni"
 _AVX2_INTRINSIC = "edgec_dot_8x4_u8i8i32_avx2"
 
 VNNI = DotProduct("vnni", _VNNI_16x4_INTRINSIC, signed_activations=False, weight_levels=127,
-                  add_rule=False, narrow_intrinsic=_VNNI_8x4_INTRINSIC, llvm_intrinsic="llvm.x86.avx512.vpdpbusd")
+                  add_rule=False, narrow_intrinsic=_VNNI_8x4_INTRINSIC, llvm_intrinsic="llvm.x86.avx512.vpdpbusd", speedup=4.0)
 AVX2 = DotProduct("avx2", _AVX2_INTRINSIC, signed_activations=False, weight_levels=63, add_rule=True,
-                  narrow_intrinsic=None, llvm_intrinsic="llvm.x86.avx2.pmadd.ub.sw")
+                  narrow_intrinsic=None, llvm_intrinsic="llvm.x86.avx2.pmadd.ub.sw",
+                  speedup=4 / 3)  # vpmaddubsw + vpmaddwd + vpaddd: 4 products per lane in 3 instructions
 SDOT = DotProduct("sdot", "dot_4x4_i8i8s32_sdot", signed_activations=True, weight_levels=127,
-                  add_rule=False, narrow_intrinsic=None, llvm_intrinsic="llvm.aarch64.neon.sdot")
+                  add_rule=False, narrow_intrinsic=None, llvm_intrinsic="llvm.aarch64.neon.sdot", speedup=4.0)
 NEON = DotProduct("neon", "dot_4x4_i8i8s32_neon", signed_activations=True, weight_levels=127,
-                  add_rule=False, narrow_intrinsic=None, llvm_intrinsic="llvm.aarch64.neon.smull")
+                  add_rule=False, narrow_intrinsic=None, llvm_intrinsic="llvm.aarch64.neon.smull",
+                  speedup=2.0)  # smull + sadalp: 8 products per 4-lane accumulator in 2 instructions
 
 
 def import_tensor_intrinsics(target: tvm.target.Target) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from compiler.runtime.common import check_inputs, open_verified
+from compiler.runtime.instructions import InstructionCount, count_instructions
 from compiler.runtime.toolchain import run_runner
 from compiler.specs import BenchSpec, LatencyStats
 
@@ -29,6 +30,13 @@ class EmulatedModel:
         assert stats is not None
         return stats
 
+    def count_instructions(self, inputs: Mapping[str, np.ndarray], runs: int = 3) -> InstructionCount:
+        """Guest instructions per inference at one thread on the preset's core (compiler.runtime.instructions)."""
+        arrays = check_inputs(self.manifest.inputs, inputs)
+        with tempfile.TemporaryDirectory(prefix="edgec-run-") as work:
+            return count_instructions(self.preset, self.artifact / self.manifest.library, _saved(arrays, work),
+                                      Path(work, "outputs"), runs)
+
     def close(self) -> None:
         """Nothing to release: every run starts the runner afresh."""
 
@@ -40,9 +48,14 @@ class EmulatedModel:
 
     def _run(self, arrays: list[np.ndarray], spec: BenchSpec | None) -> tuple[dict[str, np.ndarray], LatencyStats | None]:
         with tempfile.TemporaryDirectory(prefix="edgec-run-") as work:
-            paths = [Path(work, f"input{i}.npy") for i in range(len(arrays))]
-            for path, array in zip(paths, arrays):
-                np.save(path, array)
-            values, stats = run_runner(self.preset.elf_machine, self.artifact / self.manifest.library, paths,
-                                       Path(work, "outputs"), spec)
+            values, stats = run_runner(self.preset.elf_machine, self.artifact / self.manifest.library,
+                                       _saved(arrays, work), Path(work, "outputs"), spec)
         return {spec_.name: value for spec_, value in zip(self.manifest.outputs, values)}, stats
+
+
+def _saved(arrays: list[np.ndarray], work: str) -> list[Path]:
+    """The inputs as work/input<i>.npy, the runner's input files."""
+    paths = [Path(work, f"input{i}.npy") for i in range(len(arrays))]
+    for path, array in zip(paths, arrays):
+        np.save(path, array)
+    return paths

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -211,8 +212,9 @@ def build_runner(arch: str) -> Path:
 # ------------------------------------------------------------------------------------------- run
 
 
-def runner_command(arch: str, binary: Path) -> list[str]:
-    """The command prefix that executes `binary`: itself, or qemu with the target sysroot and libraries."""
+def runner_command(arch: str, binary: Path, emulation: Sequence[str] = ()) -> list[str]:
+    """The command prefix that executes `binary`: itself, or qemu with the target sysroot and libraries
+    (and `emulation`: more qemu options, as -cpu or -plugin)."""
     preset = _arch_preset(arch)
     lib_path = f"LD_LIBRARY_PATH={':'.join(map(str, runtime_libraries(arch).lib_dirs))}"
     if preset.elf_machine == machine_arch():
@@ -220,7 +222,7 @@ def runner_command(arch: str, binary: Path) -> list[str]:
     execution = preset.execution_here()
     if execution.mode != "qemu":
         raise ToolchainError(f"cannot run the {arch} runner here: {execution.reason}")
-    return [preset.emulator, "-L", preset.emulator_sysroot, "-E", lib_path, str(binary)]
+    return [preset.emulator, "-L", preset.emulator_sysroot, *emulation, "-E", lib_path, str(binary)]
 
 
 def run_runner(
@@ -231,13 +233,14 @@ def run_runner(
     bench: BenchSpec | None = None,
     *,
     timeout: float = 600.0,
+    emulation: Sequence[str] = (),
 ) -> tuple[list[np.ndarray], LatencyStats | None]:
     """Run `library` once (and benchmark it if `bench`) with the runner; outputs in `output_dir`/output<i>.npy.
 
     Earlier output<i>.npy files in `output_dir` are removed first, so the outputs returned are this run's.
     """
     output_dir = Path(output_dir)
-    command = runner_command(arch, build_runner(arch))
+    command = runner_command(arch, build_runner(arch), emulation)
     command += [str(Path(library).absolute()), *(a for p in inputs for a in ("--input", str(p))),
                 "--output-dir", str(output_dir)]
     if bench is not None:

@@ -174,7 +174,7 @@ def test_manifest_records_interface_target_versions_passes_and_hashes(compiled):
     assert data["versions"]["tvm"] == "0.27.0.post1" and data["versions"]["tvm_ffi"] == "0.1.14.post0"
     assert data["model"]["format"] == "onnx" and data["model"]["opset"] == 17 and len(data["model"]["sha256"]) == 64
     phases = [p["phase"] for p in data["passes"]]
-    assert phases == ["simplify", "lower-qdq", "layout", "winograd", "dispatch", "legalize-fuse", "depthwise-rule",
+    assert phases == ["simplify", "lower-qdq", "layout", "winograd", "fast-math", "dispatch", "legalize-fuse", "depthwise-rule",
                       "mark-prepack", "default-schedules", "prepack-weights", "lower", "finalize"]
     assert "simplify_for_inference" in data["passes"][0]["passes"]
     assert data["passes"][1]["report"] == {"integer_layers": 0, "layers": []}  # a float model
@@ -196,11 +196,12 @@ def test_dump_ir_writes_the_module_after_every_phase(example, tmp_path):
     compile_model(load_model(example("digits").onnx), options, tmp_path / "out")
     dumps = sorted(p.name for p in ir_dir.iterdir())
     assert dumps == ["00-imported.py", "01-simplify.py", "02-lower-qdq.py", "03-layout.py", "04-winograd.py",
-                     "05-dispatch.py", "06-legalize-fuse.py", "07-depthwise-rule.py", "08-mark-prepack.py",
-                     "09-default-schedules.py", "10-prepack-weights.py", "11-lower.py", "12-finalize.py"]
+                     "05-fast-math.py", "06-dispatch.py", "07-legalize-fuse.py", "08-depthwise-rule.py",
+                     "09-mark-prepack.py", "10-default-schedules.py", "11-prepack-weights.py", "12-lower.py",
+                     "13-finalize.py"]
     assert "R.nn.conv2d" in (ir_dir / "00-imported.py").read_text()
-    assert "R.nn.conv2d" not in (ir_dir / "06-legalize-fuse.py").read_text()  # lowered to TIR
-    assert "layout_free_buffers" in (ir_dir / "08-mark-prepack.py").read_text()
+    assert "R.nn.conv2d" not in (ir_dir / "07-legalize-fuse.py").read_text()  # lowered to TIR
+    assert "layout_free_buffers" in (ir_dir / "09-mark-prepack.py").read_text()
 
 
 def test_failed_compile_leaves_nothing_behind(tmp_path):

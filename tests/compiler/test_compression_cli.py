@@ -40,15 +40,28 @@ def test_int8_compile_records_settings_and_layers_and_stays_accurate(example, di
     printed = edgec("compile", example("digits").onnx, "-t", "host", "-o", out, "--untuned",
                     "--quantize", "int8", "--calibration-data", digits_data / "calibration.npz",
                     "--calibration-method", "entropy", "--keep-float", "matmul_0")
-    assert "quantized: 3 layers int8 (entropy calibration), kept float: matmul_0" in printed
+    # conv2d_0 sums 9 products per output (1 channel, 3x3) on an 8x8 image: int8 would not be faster
+    assert "quantized: 2 layers int8 (entropy calibration), kept float: conv2d_0, matmul_0" in printed
     quantize = _phase(_manifest(out), "quantize")
     assert quantize["settings"]["method"] == "entropy" and quantize["settings"]["calibration_samples"] == 100
-    assert quantize["settings"]["keep_float"] == ["matmul_0"]
-    assert [(layer["name"], layer["quantized"]) for layer in quantize["report"]["layers"]] == [
-        ("conv2d_0", True), ("conv2d_1", True), ("conv2d_2", True), ("matmul_0", False)]
+    assert quantize["settings"]["keep_float"] == ["matmul_0"] and quantize["settings"]["layers"] == "where int8 pays"
+    layers = quantize["report"]["layers"]
+    assert [(layer["name"], layer["quantized"]) for layer in layers] == [
+        ("conv2d_0", False), ("conv2d_1", True), ("conv2d_2", True), ("matmul_0", False)]
+    assert layers[0]["note"].startswith("kept float: int8 would not be faster (a reduction of 9 <")
     report = _evaluate(out, digits_data)
     assert report["reference_top1_accuracy"] - report["top1_accuracy"] <= 0.01  # the one-point band
     assert report["top1_agreement"] >= 0.99 and report["sqnr_db"] > 25
+
+
+def test_int8_layers_all_quantizes_layers_int8_would_not_speed_up(example, digits_data, tmp_path):
+    out = tmp_path / "every-layer"
+    printed = edgec("compile", example("digits").onnx, "-t", "host", "-o", out, "--untuned", "--quantize", "int8",
+                    "--calibration-data", digits_data / "calibration.npz", "--int8-layers", "all")
+    assert "quantized: 4 layers int8 (percentile calibration), kept float: none" in printed
+    assert _phase(_manifest(out), "quantize")["settings"]["payoff"] is None
+    assert one_line_error("compile", example("digits").onnx, "-t", "host", "-o", tmp_path / "x", "--int8-layers", "all") \
+        == "error: --int8-layers applies to quantization: add --quantize int8"
 
 
 def test_accuracy_guard_keeps_the_most_harmful_layers_in_float(example, digits_data, tmp_path):

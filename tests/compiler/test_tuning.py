@@ -366,7 +366,7 @@ def test_kernels_without_records_get_edgec_default_schedules_without_warning(tun
         manifest = compile_model(model, CompileOptions(host, config), tmp_path / "partial")
     assert (manifest.tuning["databases"], manifest.tuning["tasks"], manifest.tuning["tuned"]) == (
         {str(tmp_path / "logs"): str(directory)}, KERNELS, 1)
-    applied = (tmp_path / "ir" / "09-apply-tuning.py").read_text()
+    applied = next((tmp_path / "ir").glob("*-apply-tuning.py")).read_text()
     assert applied.count('"tirx.is_scheduled": True') == 1  # what was counted is what was applied
     assert not [r.getMessage() for r in caplog.records]  # nothing is naive: no warning
     tuned_kernel = next(iter(manifest.tuning["sources"]))

@@ -81,6 +81,33 @@ def test_conv_gets_a_parallel_loop_and_a_register_tile_of_the_cpu_shape():
         assert f"T.vectorized(T.int64({vector}))" in text, text
 
 
+def _grouped_conv():
+    """NHWC conv with 4 groups of 6 channels (ShuffleNet/RegNet style): 24 channels, no 16-lane multiple."""
+    w = np.random.default_rng(2).standard_normal((24, 3, 3, 6)).astype("float32")
+
+    @tvm.script.ir_module
+    class Module:
+        @R.function
+        def main(x: R.Tensor((1, 16, 16, 24), "float32")):
+            with R.dataflow():
+                y = R.nn.conv2d(x, R.const(w), padding=1, groups=4, data_layout="NHWC", kernel_layout="OHWI")
+                R.output(y)
+            return y
+
+    return Module
+
+
+def test_a_grouped_conv_vectorizes_within_a_group():
+    """A vector loop across groups gathers every lane's input from another group (177 us against 38 us
+    on a Zen 4): the vector tile divides the group's 6 output channels, and numerics hold."""
+    scheduled = _scheduled(_grouped_conv(), AVX512)
+    conv = next(f for name, f in _kernels(scheduled).items() if "conv2d" in name)
+    text = conv.script()
+    assert "T.vectorized(T.int64(6))" in text and "T.vectorized(T.int64(12))" not in text, text
+    x = np.random.default_rng(3).standard_normal((1, 16, 16, 24)).astype("float32")
+    np.testing.assert_allclose(_run(_prepacked(scheduled), x), _run(fuse_for_cpu(_grouped_conv()), x), rtol=1e-4, atol=1e-4)
+
+
 def test_same_model_and_cpu_give_identical_kernels():
     first, second = _scheduled(_small_cnn(), AVX512), _scheduled(_small_cnn(), AVX512)
     assert [f.script() for f in _kernels(first).values()] == [f.script() for f in _kernels(second).values()]

@@ -9,7 +9,7 @@ from compiler.frontends import load_model
 from compiler.pipeline import PipelineConfig, count_kernels, run_to_tuning_point
 from examples.digits_cnn import load_digits_split
 from passes import simplify_for_inference
-from passes.quantize import IntegerForm, QuantizeConfig, QuantizeError, entropy_threshold, find_layers, quantize_int8, run_on_host
+from passes.quantize import Int8Payoff, IntegerForm, QuantizeConfig, QuantizeError, entropy_threshold, find_layers, quantize_int8, run_on_host
 from tests.helpers import run_relax
 
 
@@ -208,6 +208,27 @@ def test_signed_inputs_shift_to_uint8_with_compensation_exactly(digits):
     assert int(first.args[1].ty.shape[1]) == 4  # 1 input channel padded to the intrinsic's 4
     inputs = x_test[:50] - 0.5
     np.testing.assert_allclose(_predictions(shifted, inputs), _predictions(plain, inputs), rtol=1e-4, atol=1e-4)
+
+
+def test_layers_int8_would_not_speed_up_stay_float_with_the_reason(digits):
+    """The digits CNN at 8x8: every tensor fits in cache, so only depth decides. Its first conv sums
+    9 products per output (1 channel x 3x3), below VNNI's 32 and AVX2's 96: float, with the reason;
+    the others (144, 288, 256) pay on both. With no dot product nothing pays, unless tensors stream
+    from memory. The mixed module computes what --keep-float conv2d_0 computes."""
+    mod, calibration, x_test, _ = digits
+    for speedup, depth in ((4.0, 32), (4 / 3, 96)):
+        payoff = Int8Payoff(dot_speedup=speedup, cache_bytes=256 * 1024)
+        assert payoff.min_depth == depth
+        quantized, report = _quantized(mod, calibration, payoff=payoff)
+        assert report.kept_float == ["conv2d_0"]
+        assert f"a reduction of 9 < {depth} products per output" in report.layers[0].note
+        assert [str(call.args[1].ty.dtype) for call in _integer_calls(quantized)] == ["float32", "int8", "int8", "int8"]
+    explicit, _ = _quantized(mod, calibration, keep_float=("conv2d_0",))
+    np.testing.assert_allclose(_predictions(quantized, x_test[:20]), _predictions(explicit, x_test[:20]), rtol=1e-5, atol=1e-5)
+    _, report = _quantized(mod, calibration, payoff=Int8Payoff(dot_speedup=None, cache_bytes=256 * 1024))
+    assert len(report.kept_float) == 4 and "no int8 dot-product kernel" in report.layers[1].note
+    _, report = _quantized(mod, calibration, payoff=Int8Payoff(dot_speedup=None, cache_bytes=1024))
+    assert report.kept_float == []  # 8x8x16 floats and more: "streaming" at a 1 KB cache
 
 
 def test_weight_levels_bound_the_integer_weights(digits):
