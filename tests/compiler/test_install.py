@@ -33,13 +33,13 @@ def wheel(tmp_path_factory) -> Path:
     return path
 
 
-def test_wheel_holds_the_shipped_records_and_the_runner_source(wheel):
+def test_wheel_holds_the_shipped_records_the_runner_and_the_qemu_plugin_sources(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for preset in ("x86-64", "x86-avx512"):
         assert {f"tuning_logs/{preset}/{name}" for name in SHIPPED_FILES} <= names
         source = REPO / "tuning_logs" / preset / "database_tuning_record.json"
         assert zipfile.ZipFile(wheel).read(f"tuning_logs/{preset}/database_tuning_record.json") == source.read_bytes()
-    assert "compiler/runtime/runner.cc" in names
+    assert {"compiler/runtime/runner.cc", "compiler/runtime/instruction_count.c"} <= names
     assert not [n for n in names if "history-" in n or n.startswith(("tests/", "examples/"))]
 
 
