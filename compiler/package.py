@@ -197,7 +197,8 @@ def bundle_readme(name: str, manifest: Manifest, preset: Preset) -> str:
 {outputs}
 
 ## Contents (install paths)
-- `usr/bin/edgec-runner`: runs the model from .npy files and benchmarks it (RUNPATH `$ORIGIN/../lib`)
+- `usr/bin/edgec-runner`: runs the model from .npy files and benchmarks it, and serves TVM's RPC
+  protocol for remote tuning and benchmarks (`rpc-server`, below) (RUNPATH `$ORIGIN/../lib`)
 - `usr/lib/libtvm_runtime.so`, `usr/lib/libtvm_ffi.so`: TVM's runtime for {preset.elf_machine}
 - `usr/lib/edgec/{name}/{manifest.library}` and `manifest.json`: the model and its description
 - `usr/include/edgec/{name}.h`: the inputs and outputs as C constants, for firmware code
@@ -219,6 +220,31 @@ and `INSANE_SKIP:${{PN}} += "dev-so already-stripped"` (the .so files are loaded
     sha256sum -c SHA256SUMS
     /usr/bin/edgec-runner /usr/lib/edgec/{name}/{manifest.library} {inputs_args} --output-dir out/
     /usr/bin/edgec-runner /usr/lib/edgec/{name}/{manifest.library} {inputs_args} --bench --warmup 10 --runs 100
+
+## Tune and benchmark over RPC (no Python on the device)
+On the development machine start a tracker (`python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port 9190`);
+on the device, `/usr/bin/edgec-runner rpc-server --tracker HOST:9190 --key {preset.name}` registers
+there, serves each session in a child process, and registers again after it. Then, on the development
+machine: `edgec tune MODEL --target {preset.name} --rpc-tracker HOST:9190 --rpc-key {preset.name}` (kernels
+measured on the device) and `edgec bench ARTIFACT --rpc-tracker HOST:9190 --rpc-key {preset.name}`.
+As a systemd service, `/etc/systemd/system/edgec-rpc-server.service` (then `systemctl enable --now
+edgec-rpc-server`):
+
+    [Unit]
+    Description=edgec RPC server for remote tuning and benchmarks
+    Wants=network-online.target
+    After=network-online.target
+
+    [Service]
+    ExecStart=/usr/bin/edgec-runner rpc-server --tracker HOST:9190 --key {preset.name}
+    Restart=always
+    RestartSec=2
+
+    [Install]
+    WantedBy=multi-user.target
+
+With BusyBox init instead, in an init script: `start-stop-daemon -S -b -x /usr/bin/edgec-runner -- rpc-server
+--tracker HOST:9190 --key {preset.name}`.
 """
 
 

@@ -29,11 +29,12 @@ def free_port() -> int:
 class Process:
     """A `python -m MODULE ...` process group, logged to a file."""
 
-    def __init__(self, log: Path, module: str, *args: object):
+    def __init__(self, log: Path, module: str | None, *args: object):
+        """`python -m module args...`; with `module` None, `args` is the whole command."""
         self.log = log
+        command = [*([sys.executable, "-m", module] if module else []), *map(str, args)]
         with open(log, "wb") as out:
-            self.popen = subprocess.Popen([sys.executable, "-m", module, *map(str, args)], stdout=out,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+            self.popen = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self) -> None:
         """SIGKILL the whole group: the process, its PopenWorker and any session it forked."""
@@ -93,4 +94,18 @@ def start_server(logs: Path, tracker_port: int, key: str, started: list[Process]
     started.append(server)
     if wait:
         wait_for(lambda: free_servers(tracker_port, key) == 1, f"server '{key}'", server)
+    return server
+
+
+def start_device_server(logs: Path, tracker_port: int, key: str, started: list[Process], arch: str = "aarch64") -> Process:
+    """edgec's own server (`edgec-runner rpc-server`, no Python), cross-built for `arch` and run as the
+    device would run it (under qemu for aarch64); returns once the tracker lists it as free."""
+    from compiler.runtime.toolchain import build_runner, runner_command
+
+    port = free_port()
+    command = [*runner_command(arch, build_runner(arch)), "rpc-server", "--tracker", f"{HOST}:{tracker_port}",
+               "--key", key, "--host", HOST, "--port", port, "--port-end", port + 1]
+    server = Process(logs / f"device-server-{key}.log", None, *command)
+    started.append(server)
+    wait_for(lambda: free_servers(tracker_port, key) == 1, f"device server '{key}'", server)
     return server

@@ -2,6 +2,7 @@
 //
 //   edgec-runner MODEL.so --input FILE.npy [--input FILE.npy ...] [--output-dir DIR]
 //                [--bench [--warmup N] [--runs N]]
+//   edgec-runner rpc-server [--tracker HOST:PORT --key KEY] ...   (rpc_server.cc: a TVM RPC server)
 //
 // Inputs are .npy files (format 1.0/2.0/3.0, little-endian, C order) given in the model's input
 // order. Outputs are written as DIR/output<i>.npy. With --bench, the model runs N times after W
@@ -302,10 +303,14 @@ int Main(int argc, char** argv) {
 
 }  // namespace
 
+int RpcServerMain(int argc, char** argv);  // rpc_server.cc
+
 int main(int argc, char** argv) {
   const char* usage =
       "usage: edgec-runner MODEL.so --input FILE.npy [--input FILE.npy ...] [--output-dir DIR]\n"
-      "                    [--bench [--warmup N] [--runs N]]\n";
+      "                    [--bench [--warmup N] [--runs N]]\n"
+      "       edgec-runner rpc-server [--tracker HOST:PORT --key KEY] [--port 9090] ...\n";
+  if (argc > 1 && std::string(argv[1]) == "rpc-server") return RpcServerMain(argc - 1, argv + 1);
   try {
     return Main(argc, argv);
   } catch (const UsageError& e) {

@@ -36,6 +36,8 @@ from targets import Preset
 from targets.registry import machine_arch
 
 RUNNER_SOURCE = Path(__file__).with_name("runner.cc")
+# the runner and its `rpc-server` subcommand, one binary
+RUNNER_SOURCES = (RUNNER_SOURCE, Path(__file__).with_name("rpc_server.cc"))
 RUNNER_NAME = "edgec-runner"
 # Wheel member -> file name in the extracted lib dir. libtvm_runtime.so NEEDs only libtvm_ffi.so
 # beyond glibc/libstdc++ (which come from the target's sysroot); tests check this with readelf.
@@ -186,10 +188,10 @@ def build_runner(arch: str) -> Path:
     libs = runtime_libraries(arch)
     # RUNPATH names no directory of this machine: a bundle finds its libraries beside or below the
     # runner (usr/bin + usr/lib); runs from the cache get LD_LIBRARY_PATH (runner_command)
-    command = [compiler, "-std=c++17", "-O2", f"-I{libs.include_dir}", str(RUNNER_SOURCE), "-o", "{output}",
+    command = [compiler, "-std=c++17", "-O2", f"-I{libs.include_dir}", *map(str, RUNNER_SOURCES), "-o", "{output}",
                *(f"-L{d}" for d in libs.lib_dirs), "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi",
                "-Wl,-rpath,$ORIGIN:$ORIGIN/../lib"]
-    key = json.dumps([RUNNER_SOURCE.read_text(), arch, _versions(), command])
+    key = json.dumps([[source.read_text() for source in RUNNER_SOURCES], arch, _versions(), command])
     binary = cache_dir() / "runner" / f"{arch}-{hashlib.sha256(key.encode()).hexdigest()[:16]}" / RUNNER_NAME
     if binary.is_file():
         return binary

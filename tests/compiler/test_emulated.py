@@ -37,8 +37,9 @@ def test_qemu_device_refuses_host_and_compile_only_artifacts(compiled):
 
 
 def test_the_instruction_count_plugin_counts_each_guest_instruction(tmp_path):
-    """A loop of N iterations against one of 2N: the difference is N times the loop body's length,
-    a whole number of instructions (a plugin that counted blocks, or nothing, fails this)."""
+    """A loop of N iterations against one of 2N: the difference is N times the loop body's length, a
+    whole number of instructions, give or take the few that parsing one more argument costs (a plugin
+    that counted blocks, one per iteration, or nothing, fails this)."""
     import subprocess
 
     from compiler.runtime.instructions import build_plugin
@@ -57,8 +58,8 @@ def test_the_instruction_count_plugin_counts_each_guest_instruction(tmp_path):
         subprocess.run([preset.emulator, "-L", preset.emulator_sysroot, "-cpu", "cortex-a72",
                         "-plugin", f"file={plugin},out={out}", str(binary), *extra], check=True)
         counts.append(int(out.read_text()))
-    per_iteration, remainder = divmod(counts[1] - counts[0], 100000)
-    assert remainder == 0 and 2 <= per_iteration <= 5, counts
+    per_iteration = round((counts[1] - counts[0]) / 100000)
+    assert 2 <= per_iteration <= 5 and abs(counts[1] - counts[0] - per_iteration * 100000) < 100, counts
 
 
 def test_instructions_per_run_are_steady_and_exclude_start_up(compiled):

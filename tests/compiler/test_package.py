@@ -55,6 +55,13 @@ def test_bundle_runs_under_qemu_from_its_own_contents(aarch64_bundle, example, t
     assert result.returncode == 0, result.stderr
     output = np.load(tmp_path / "out" / "output0.npy")
     assert np.abs(output - files_.onnxruntime_output()).max() < 1e-4
+    # the same binary is the device's RPC server; the README says how to run it as a service
+    usage = subprocess.run(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", "-U", "LD_LIBRARY_PATH",
+                            str(bundle / "usr/bin/edgec-runner"), "rpc-server", "--bogus"],
+                           capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert usage.returncode == 2 and "usage: edgec-runner rpc-server" in usage.stderr, usage.stderr
+    readme = (bundle / "README.md").read_text()
+    assert "ExecStart=/usr/bin/edgec-runner rpc-server --tracker HOST:9190 --key cortex-a72" in readme
 
 
 @needs_qemu
