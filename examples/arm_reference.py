@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from compiler.errors import ToolchainError
-from compiler.runtime.instructions import InstructionCount, build_plugin
+from compiler.runtime.instructions import WARM_RUNS, InstructionCount, build_plugin
 from compiler.runtime.toolchain import cache_dir
 
 PYTHON = "python3.11"
@@ -46,10 +46,14 @@ _CPUINFO = ("processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm cr
             "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n")
 # Runs under the emulated interpreter: one session at one thread, `runs` inferences of the saved input
 _DRIVER = """
-import sys, numpy as np, onnxruntime as ort
+import gc, sys, numpy as np, onnxruntime as ort
+gc.disable()  # a collection in one of the counts would count
 model, runs = sys.argv[1], int(sys.argv[2])
 options = ort.SessionOptions()
 options.intra_op_num_threads = options.inter_op_num_threads = 1
+options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+for pool in ("intra_op", "inter_op"):  # no spin-waiting thread: its loop would count
+    options.add_session_config_entry(f"session.{pool}.allow_spinning", "0")
 session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 feed = {i.name: np.load(p) for i, p in zip(session.get_inputs(), sys.argv[3:])}
 for _ in range(runs):
@@ -98,7 +102,7 @@ def sysroot() -> Path:
 
 def count_onnxruntime(model: Path, inputs: list[np.ndarray], cpu: str, runs: int = 3) -> tuple[InstructionCount, np.ndarray]:
     """onnxruntime aarch64's guest instructions per inference of `model` (1 thread, qemu -cpu `cpu`),
-    as edgec's runner is counted: (count after 1 + runs inferences - count after 1) / runs; and its output."""
+    as edgec's runner is counted: (count after 2 + runs inferences - count after 2) / runs; and its output."""
     root = sysroot()
     plugin = build_plugin()
     counts = []
@@ -108,7 +112,7 @@ def count_onnxruntime(model: Path, inputs: list[np.ndarray], cpu: str, runs: int
             np.save(path, array)
         driver = Path(work, "driver.py")
         driver.write_text(_DRIVER)
-        for index, total in enumerate((1, 1 + runs)):
+        for index, total in enumerate((WARM_RUNS, WARM_RUNS + runs)):
             out = Path(work, f"count{index}")
             command = ["qemu-aarch64", "-L", str(root), "-cpu", cpu, "-plugin", f"file={plugin},out={out}",
                        "-E", f"PYTHONPATH={root / 'site'}", "-E", "OMP_NUM_THREADS=1",

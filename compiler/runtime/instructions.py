@@ -9,9 +9,9 @@ way. It ignores what silicon adds (cache misses, latencies, dual issue), so it i
 The count comes from a qemu TCG plugin (instruction_count.c, built once with the host's C compiler
 into edgec's cache) around edgec's C++ runner, at one thread (TVM_NUM_THREADS=1: other threads'
 spin-waits would count) and with qemu's CPU model pinned to the preset's core (qemu's default,
-`max`, has SVE and other extensions the board lacks). Per inference = (count after 1 + N runs -
-count after 1 run) / N: the runner's start-up, the library's loading and the first run's
-one-time work cancel out.
+`max`, has SVE and other extensions the board lacks). Per inference = (count after 2 + N runs -
+count after 2 runs) / N: the runner's start-up, the library's loading and the first runs' one-time
+work cancel out (two, not one: onnxruntime, counted the same way, plans its memory in its second run).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from targets import Preset
 PLUGIN_SOURCE = Path(__file__).with_name("instruction_count.c")
 PLUGIN_NAME = "libedgec-instruction-count.so"
 HOST_COMPILER = "gcc"
+WARM_RUNS = 2  # runs in both counts, so that their one-time work cancels out
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def count_instructions(preset: Preset, library: Path, inputs: list[Path], output
     cpu = emulated_cpu(preset)
     counts = []
     with tempfile.TemporaryDirectory(prefix="edgec-count-") as work:
-        for index, total_runs in enumerate((1, 1 + runs)):
+        for index, total_runs in enumerate((WARM_RUNS, WARM_RUNS + runs)):
             out = Path(work, f"count{index}")
             emulation = ["-cpu", cpu, "-plugin", f"file={plugin},out={out}", "-E", "TVM_NUM_THREADS=1"]
             run_runner(preset.elf_machine, library, inputs, output_dir, BenchSpec(warmup=0, runs=total_runs),
