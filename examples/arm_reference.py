@@ -13,6 +13,10 @@ the sysroot gets an ARM one; and qemu's default CPU (`max`) has SVE, which makes
 kernels that no Cortex-A7x has, so the CPU model is pinned to the preset's core.
 
     python -m examples.arm_reference model.onnx --cpu cortex-a72   # instructions per inference
+
+`tvm_python_command()` also runs TVM's own Python RPC server from that sysroot (with TVM's aarch64
+wheels): the Python route a board with Python would take, for tests; edgec's device server
+(`edgec-runner rpc-server`) is the one that needs no Python.
 """
 
 from __future__ import annotations
@@ -123,6 +127,53 @@ def count_onnxruntime(model: Path, inputs: list[np.ndarray], cpu: str, runs: int
             counts.append(int(out.read_text()))
         output = np.load(paths[0] + ".out.npy")
     return InstructionCount((counts[1] - counts[0]) / runs, runs, cpu), output
+
+
+# TVM's own Python RPC server under qemu (the Python route; edgec's device server needs no Python):
+# TVM's aarch64 wheels (the ones edgec's runner takes its runtime from) and their pure dependencies
+TVM_DEPENDENCIES = ("ml_dtypes", "typing_extensions", "psutil", "cloudpickle")
+# Under qemu, sys.executable names the guest interpreter, which the host cannot exec (no binfmt_misc
+# in a container): TVM's popen workers would fail to start. sitecustomize points it at a launcher.
+_SITECUSTOMIZE = """import os, sys
+if os.environ.get("EDGEC_GUEST_PYTHON"):
+    sys.executable = os.environ["EDGEC_GUEST_PYTHON"]
+"""
+
+
+def tvm_python_command(cpu: str = "cortex-a72") -> list[str]:
+    """The command that runs the emulated aarch64 Python with TVM importable (`+ ["-m",
+    "tvm.exec.rpc_server", ...]` is TVM's RPC server as a board with Python would run it); its
+    popen workers re-enter qemu through a launcher script. TVM imports in ~20 s under emulation."""
+    from compiler.runtime.toolchain import runtime_libraries  # fetches TVM's aarch64 wheels if needed
+
+    root = sysroot()
+    wheel_dir = runtime_libraries("aarch64").tvm_runtime.parents[2] / "wheels"
+    site = root / "tvm-site"
+    if not (site / "tvm").is_dir():
+        staging = Path(tempfile.mkdtemp(prefix=".tvm-site-", dir=root))
+        try:
+            _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
+                  *(a for p in ("manylinux_2_28_aarch64", "manylinux2014_aarch64") for a in ("--platform", p)),
+                  "-d", str(staging / "wheels"), *TVM_DEPENDENCIES], staging,
+                 "the aarch64 wheels of TVM's dependencies could not be downloaded from PyPI")
+            for wheel in [*wheel_dir.glob("apache_tvm*.whl"), *(staging / "wheels").glob("*.whl")]:
+                with zipfile.ZipFile(wheel) as archive:
+                    archive.extractall(staging / "site")
+            for path in (staging / "site").rglob("*.so*"):
+                path.chmod(0o755)
+            (staging / "site" / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+            (staging / "site").rename(site)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    launcher = root / f"python-{cpu}"
+    command = ["qemu-aarch64", "-L", str(root), "-cpu", cpu, "-E", f"PYTHONPATH={site}:{root / 'site'}",
+               "-E", f"EDGEC_GUEST_PYTHON={launcher}", str(root / "usr" / "bin" / PYTHON)]
+    if not launcher.is_file():
+        tmp = launcher.with_suffix(".tmp")
+        tmp.write_text("#!/bin/sh\nexec " + " ".join(f"'{part}'" for part in command) + ' "$@"\n')
+        tmp.chmod(0o755)
+        tmp.rename(launcher)
+    return [str(launcher)]
 
 
 def _run(command: list[str], cwd: Path, failure: str) -> None:

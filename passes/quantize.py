@@ -203,14 +203,15 @@ def quantize_int8(config: QuantizeConfig, on_report: Callable[[QuantizeReport], 
     def transform(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         layers = find_layers(mod)
         check_keep_float(layers, config.keep_float)
-        failures = unpaid_layers(layers, config)
-        chosen = [layer for layer in layers if layer.name not in config.keep_float and layer.name not in failures]
+        # layer -> why it stays float: int8 would not pay (now), or TVM rejected its integer form (below)
+        kept_float = unpaid_layers(layers, config)
+        chosen = [layer for layer in layers if layer.name not in config.keep_float and layer.name not in kept_float]
         ranges = calibrate(mod, [layer.input for layer in chosen], config)
-        rewritten = rewrite_to_integer(mod, {layer: ranges[layer.input] for layer in chosen}, config.form, failures)
+        rewritten = rewrite_to_integer(mod, {layer: ranges[layer.input] for layer in chosen}, config.form, kept_float)
         if on_report is not None:
             on_report(QuantizeReport(config.method, tuple(
-                _report_layer(layer, ranges.get(layer.input), layer in chosen and layer.name not in failures,
-                              failures.get(layer.name)) for layer in layers)))
+                _report_layer(layer, ranges.get(layer.input), layer in chosen and layer.name not in kept_float,
+                              kept_float.get(layer.name)) for layer in layers)))
         return rewritten
 
     return transform
