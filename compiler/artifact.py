@@ -40,6 +40,11 @@ class Manifest:
     kernels: Mapping[str, int] | None = None  # kernels per inference before and after operator fusion
     # kernel -> where its schedule came from: "tuned (<database>)", "edgec-default", "tvm-default", "naive"
     schedules: Mapping[str, str] | None = None
+    # weights_bytes (the constants the library holds) and peak_activation_bytes (TVM's memory plan)
+    memory: Mapping[str, Any] | None = None
+    # softmax temperature of the first output fitted on evaluation data (`edgec optimize`), with the
+    # expected calibration error before and after; `run --calibrated` and the runner apply it
+    calibration: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -55,6 +60,8 @@ class Manifest:
             "tuning": None if self.tuning is None else dict(self.tuning),
             "kernels": None if self.kernels is None else dict(self.kernels),
             "schedules": None if self.schedules is None else dict(self.schedules),
+            "memory": None if self.memory is None else dict(self.memory),
+            "calibration": None if self.calibration is None else dict(self.calibration),
         }
 
     @classmethod
@@ -71,6 +78,8 @@ class Manifest:
             tuning=data.get("tuning"),
             kernels=data.get("kernels"),
             schedules=data.get("schedules"),
+            memory=data.get("memory"),
+            calibration=data.get("calibration"),
         )
 
 

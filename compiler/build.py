@@ -13,12 +13,14 @@ import shutil
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from compiler import __version__
 from compiler.accuracy import AccuracyGuard, guard_quantization
 from compiler.artifact import Manifest, atomic_directory, sha256_file, write_manifest
 from compiler.devicecode import cuda_fpack_imports, require_nvcc
 from compiler.errors import ToolchainError
+from compiler.footprint import ACTIVATION_SOURCE, peak_activation_bytes, weights_bytes
 from compiler.frontends import ImportedModel
 from compiler.pipeline import PipelineConfig, run_pipeline
 from targets import Preset
@@ -85,9 +87,17 @@ def compile_model(model: ImportedModel, options: CompileOptions, out_dir: Path) 
             tuning=result.tuning.to_json() if result.tuning is not None else None,
             kernels=result.kernels or None,
             schedules=schedules or None,
+            memory=_memory(result.mod),
         )
         write_manifest(staging, manifest)
     return manifest
+
+
+def _memory(mod) -> dict[str, Any]:
+    """The manifest's `memory`: weight bytes the library holds and TVM's planned activation bytes
+    (device memory for GPU targets), read from the module `tvm.relax.build` compiles."""
+    return {"weights_bytes": weights_bytes(mod), "peak_activation_bytes": peak_activation_bytes(mod),
+            "activation_source": ACTIVATION_SOURCE}
 
 
 def _warn_naive(schedules: dict[str, str], preset: Preset) -> None:

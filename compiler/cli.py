@@ -165,6 +165,15 @@ def compile_command(
         typer.echo(f"tuning: {tuning['tuned']} of {tuning['tasks']} kernels tuned ({_record_sources(tuning)})")
     if manifest.schedules:
         typer.echo(f"schedules: {_schedule_sources(manifest.schedules)} (per kernel in manifest.json)")
+    if manifest.memory:
+        typer.echo(_memory_line(manifest.memory))
+
+
+def _memory_line(memory: dict) -> str:
+    """`memory: weights 1.23 MB, peak activations 0.45 MB (TVM's memory plan)`; "unknown" for symbolic sizes."""
+    activations = memory["peak_activation_bytes"]
+    planned = "unknown (symbolic shapes)" if activations is None else f"{activations / 1e6:.2f} MB"
+    return f"memory: weights {memory['weights_bytes'] / 1e6:.2f} MB, peak activations {planned} (TVM's memory plan)"
 
 
 def _schedule_sources(schedules: dict[str, str]) -> str:
@@ -526,16 +535,23 @@ def run_command(
     rpc_key: RpcKeyOption = None,
     rpc: RpcOption = None,
     timeout: TimeoutOption = 60.0,
+    calibrated: Annotated[bool, typer.Option("--calibrated", help="The first output becomes softmax(output / T) with the manifest's temperature (see `edgec evaluate --fit-temperature`).")] = False,
 ) -> None:
     """Run an artifact with inputs from .npy/.npz files: here, under emulation, or on a device over RPC."""
     from compiler.artifact import read_manifest
+    from compiler.calibration import calibrated as scaled, require_temperature
     from compiler.runtime import open_model, read_input_files, write_outputs
 
     with user_errors():
         where, remote = _device(device, rpc_tracker, rpc_key, rpc, timeout)
-        arrays = read_input_files(read_manifest(artifact).inputs, input or [], inputs)
+        manifest = read_manifest(artifact)
+        temperature = require_temperature(manifest, artifact) if calibrated else None
+        arrays = read_input_files(manifest.inputs, input or [], inputs)
         with open_model(artifact, where, remote) as model:
             outputs = model.run(arrays)
+        if temperature is not None:  # in Python, whichever device ran it
+            first = next(iter(outputs))
+            outputs[first] = scaled(outputs[first], temperature)
         if output is not None:
             write_outputs(output, outputs)
     for name, value in outputs.items():
@@ -599,12 +615,21 @@ def bench_command(
     columns = ("min", "mean", "p50", "p90", "p99", "max", "std")
     typer.echo("".join(f"{name:>11}" for name in columns))
     typer.echo("".join(f"{getattr(stats, name):>11.4g}" for name in columns))
+    if stats.peak_rss_bytes is not None:
+        typer.echo(f"peak resident memory: {stats.peak_rss_bytes / 1e6:.1f} MB (whole process: {_PEAK_RSS_OF.get(kind, kind)})")
     if instructions is not None:
         typer.echo(f"guest instructions per run: {instructions.per_run / 1e6:,.2f} M (mean of {instructions.runs} runs, "
                    f"{instructions.threads} thread, qemu -cpu {instructions.cpu}; a speed proxy counted by a qemu "
                    f"TCG plugin, not a time)")
     if kernels:
         _print_kernel_rows(rows, against)
+
+
+# What `bench`'s peak resident memory covers, per device kind (it is measured for the whole process)
+_PEAK_RSS_OF = {
+    "local": "this Python process with TVM, over warm-up and timed runs",
+    "qemu": "the C++ runner under qemu-user, the emulator included",
+}
 
 
 def _kernel_rows(per_kernel: list, top: int) -> list[dict]:
@@ -670,28 +695,185 @@ def evaluate_command(
     rpc: RpcOption = None,
     timeout: TimeoutOption = 60.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document.")] = False,
+    fit_temperature: Annotated[bool, typer.Option("--fit-temperature", help="Fit the first output's softmax temperature on the eval data (needs 'label'), store it in the manifest and report the calibration error before and after.")] = False,
 ) -> None:
-    """Accuracy of an artifact: top-1 (with labels), top-1 agreement with the float reference, SQNR of outputs."""
+    """Accuracy of an artifact: top-1 (with labels), top-1 agreement with the float reference, SQNR of
+    outputs, and (with labels) the expected calibration error of the first output."""
     from compiler.artifact import read_manifest
-    from compiler.evaluate import evaluate, load_eval_data, manifest_reference, reference_runner
+    from compiler.calibration import calibrate_artifact, manifest_temperature
+    from compiler.evaluate import ECE_BINS, cache_outputs, evaluate, load_eval_data, manifest_reference, reference_runner
     from compiler.runtime import open_model
 
     with user_errors():
         where, remote = _device(device, rpc_tracker, rpc_key, rpc, timeout)
         manifest = read_manifest(artifact)
         samples, labels = load_eval_data(eval_data, manifest.inputs)
+        if fit_temperature and labels is None:
+            raise EdgecError(f"--fit-temperature needs labels: add a 'label' array (N,) of class indices to {eval_data}")
         reference_path = reference or manifest_reference(manifest.model)
         float_model = reference_runner(reference_path, manifest.inputs)
+        temperature, fitted = manifest_temperature(manifest), None
         with open_model(artifact, where, remote) as model, console.status(f"evaluating {len(samples)} samples"):
-            report = evaluate(lambda x: list(model.run(x).values()), float_model, samples, labels, str(reference_path))
+            run = cache_outputs(lambda x: list(model.run(x).values()))  # fitting and evaluating run it once
+            if fit_temperature:
+                fitted = calibrate_artifact(artifact, samples, labels, str(eval_data), run=run)
+                temperature = fitted["temperature"]
+            report = evaluate(run, float_model, samples, labels, str(reference_path), temperature)
     if as_json:
         _print_json(report.to_json())
         return
+    if fitted is not None:
+        typer.echo(f"fitted softmax temperature T={fitted['temperature']:.4g} on {fitted['samples']} samples "
+                   f"-> {artifact}/manifest.json")
     if report.top1_accuracy is not None:
         typer.echo(f"top-1 accuracy: {report.top1_accuracy:.4f} (reference {report.reference_top1_accuracy:.4f}, "
                    f"drop {report.reference_top1_accuracy - report.top1_accuracy:+.4f})")
     typer.echo(f"top-1 agreement with {report.reference}: {report.top1_agreement:.4f} over {report.samples} samples")
     typer.echo(f"SQNR: {report.sqnr_db:.1f} dB, max abs diff {report.max_abs_diff:.3g}")
+    if report.ece is not None:
+        typer.echo(f"ECE ({ECE_BINS} bins): {report.ece:.3f} (float reference {report.reference_ece:.3f})")
+        if report.temperature is not None:
+            typer.echo(f"after temperature scaling (T={report.temperature:.3g}): {report.calibrated_ece:.3f}")
+
+
+@app.command("optimize")
+def optimize_command(
+    model: Annotated[Path, typer.Argument(help="Model file: .onnx or .pt2 (torch.export.save).")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Preset name (see `edgec targets`), a triple, or a TVM target JSON dict.")],
+    eval_data: Annotated[Path, typer.Option("--eval-data", help="FILE.npz: inputs keyed by input name (samples on a new first axis) and 'label' (N,) class indices.")],
+    calibration_data: Annotated[Path, typer.Option("--calibration-data", help="FILE.npz of inputs for int8 calibration, as for `edgec compile --quantize int8`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the chosen artifact (DIR/model), report.json, report.md and pareto.png.")],
+    max_accuracy_drop: Annotated[float, typer.Option("--max-accuracy-drop", help="Largest accepted top-1 drop against the float model, as a fraction (0.01 = one point).")] = 0.01,
+    latency_budget: Annotated[Optional[float], typer.Option("--latency-budget", help="Milliseconds: candidates slower than this at p50 are ruled out.")] = None,
+    max_memory: Annotated[Optional[float], typer.Option("--max-memory", help="MB: candidates whose weights plus peak activation memory exceed this are ruled out.")] = None,
+    device: DeviceOption = None,
+    rpc_tracker: RpcTrackerOption = None,
+    rpc_key: RpcKeyOption = None,
+    rpc: RpcOption = None,
+    timeout: TimeoutOption = 60.0,
+    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Minutes: no new candidate starts after this; the report lists those not tried.")] = None,
+    tune_best: Annotated[int, typer.Option("--tune-best", help="Tune the N fastest candidates in the band on the device, then re-time them.")] = 0,
+    tune_trials: Annotated[int, typer.Option("--tune-trials", help="With --tune-best: measured schedules per tuned candidate.")] = 64,
+    prune_ratios: Annotated[str, typer.Option("--prune-ratios", help="Structured pruning ratios to try, comma-separated; empty: no pruning.")] = "0.25,0.5,0.75",
+    calibration_methods: Annotated[str, typer.Option("--calibration-methods", help="int8 calibration methods to try (percentile, entropy, minmax), comma-separated, the first also with pruning; empty: no int8.")] = "percentile,entropy,minmax",
+    finetune_hook: Annotated[Optional[str], typer.Option("--finetune-hook", help="MODULE:FUNCTION(ratio, criterion, output_path) -> model path: prunes and fine-tunes your model (PyTorch), tried beside post-training pruning.")] = None,
+    tuning_log: ExtraTuningLogOption = None,
+    untuned: Annotated[bool, typer.Option("--untuned", help="Ignore tuning records: every candidate gets zero-trial default schedules.")] = False,
+    try_layouts: Annotated[bool, typer.Option("--try-layouts/--no-try-layouts", help="Also try the preset's conv layout (NCHW/NHWC) and Winograd choice flipped (CPU presets).")] = True,
+    input_shape: InputShapeOption = None,
+) -> None:
+    """Find the fastest build of MODEL for a device inside an accuracy band: fp32, int8, pruned and
+    combined candidates, each compiled, evaluated and timed on the device, with a Pareto report."""
+    from rich.live import Live
+
+    from compiler.evaluate import load_eval_data
+    from compiler.frontends import parse_input_shape
+    from compiler.optimize import CALIBRATION_METHODS, EvalSet, OptimizeOptions, optimize
+    from compiler.tuning.database import RecordSources
+    from targets import resolve_target
+
+    with user_errors():
+        preset = resolve_target(target)
+        kind, remote = _device(device, rpc_tracker, rpc_key, rpc, timeout)
+        shapes = dict(parse_input_shape(text) for text in input_shape or [])
+        with console.status(f"importing {model.name}"):
+            from compiler.frontends import load_model
+
+            specs = load_model(model, shapes).inputs
+        samples, labels = load_eval_data(eval_data, specs)
+        calibration, _ = load_eval_data(calibration_data, specs, what="calibration data")
+        options = OptimizeOptions(
+            preset, max_accuracy_drop, tuple(calibration), str(calibration_data), device=kind, remote=remote,
+            latency_budget_ms=latency_budget, max_memory_mb=max_memory,
+            time_budget_s=None if time_budget is None else time_budget * 60, tune_best=tune_best, tune_trials=tune_trials,
+            prune_ratios=_ratios(prune_ratios), calibration_methods=_names(calibration_methods, CALIBRATION_METHODS,
+                                                                          "--calibration-methods"),
+            finetune_hook=finetune_hook, flip_preset_choices=try_layouts, input_shapes=tuple(shapes.items()),
+            tuning_log=None if untuned else RecordSources(extra=tuning_log))
+        eval_set = EvalSet(tuple(samples), labels, str(eval_data))
+        if console.is_terminal:
+            with Live(console=console, refresh_per_second=4, transient=False) as live:
+                report = optimize(model, options, eval_set, output, lambda r: live.update(_optimize_table(r)))
+        else:  # a log, not a redrawn table: one line per candidate as it is settled
+            report = optimize(model, options, eval_set, output, _OptimizeLog())
+            console.print(_optimize_table(report, reasons=False))  # the log lines above gave them
+    _print_optimize_summary(report, output)
+    if report.chosen is None:
+        raise typer.Exit(1)
+
+
+def _ratios(text: str) -> tuple[float, ...]:
+    try:
+        ratios = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise EdgecError(f"--prune-ratios takes fractions separated by commas (0.25,0.5), got '{text}'") from None
+    if any(not 0 < ratio < 1 for ratio in ratios):
+        raise EdgecError(f"--prune-ratios must each be in (0, 1), got '{text}'")
+    return ratios
+
+
+def _names(text: str, choices: Sequence[str], option: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [name for name in names if name not in choices]
+    if unknown:
+        raise EdgecError(f"{option}: unknown {', '.join(unknown)}; choose from: {', '.join(choices)}")
+    return names
+
+
+def _optimize_table(report, reasons: bool = True):
+    """The live table: one row per candidate, updated as each is compiled, evaluated and timed."""
+    from rich.table import Table
+
+    table = Table(title=f"optimize {Path(report.model).name} for {report.preset} on {report.device}: "
+                        f"{report.elapsed_s / 60:.1f} min", title_justify="left")
+    for column in ("candidate", "status", "top-1", "p50 ms", "x fp32", "MB", *(["why"] if reasons else [])):
+        left = column in ("candidate", "status", "why")
+        table.add_column(column, justify="left" if left else "right", no_wrap=column != "why",
+                         overflow="ellipsis", min_width=12 if column == "why" else None)
+    for r in report.results:
+        speedup = report.speedup(r)
+        table.add_row(r.candidate.name, r.status, "-" if r.top1 is None else f"{r.top1:.2%}",
+                      "-" if r.latency_ms is None else f"{r.latency_ms:.4g}", "-" if speedup is None else f"{speedup:.2f}",
+                      "-" if r.memory_bytes is None else f"{r.memory_bytes / 1e6:.3g}", *([r.reason] if reasons else []))
+    return table
+
+
+class _OptimizeLog:
+    """Prints each candidate once it is settled (in band, rejected, failed, skipped, not tried)."""
+
+    PENDING = frozenset({"pending", "compiling", "evaluating", "timing", "tuning"})
+
+    def __init__(self) -> None:
+        self.printed: set[tuple[str, bool]] = set()
+
+    def __call__(self, report) -> None:
+        for r in report.results:
+            key = (r.candidate.name, r.tune_s is not None)  # again once tuned
+            if r.status not in self.PENDING and key not in self.printed:
+                self.printed.add(key)
+                figures = [] if r.top1 is None else [f"top-1 {r.top1:.2%}"]
+                figures += [] if r.latency_ms is None else [f"p50 {r.latency_ms:.4g} ms" + (" tuned" if key[1] else "")]
+                console.print(f"[{report.elapsed_s / 60:4.1f} min] {r.candidate.name}: {r.status}"
+                              + (f" ({', '.join(figures)})" if figures else "") + (f": {r.reason}" if r.reason else ""),
+                              markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_optimize_summary(report, output: Path) -> None:
+    if report.chosen is None:
+        console.print(Text.assemble(("error:", "bold red"), " no candidate meets the accuracy band, latency budget and "
+                                    f"memory limit; see {output}/report.md"), soft_wrap=True)
+        return
+    speedup = report.speedup(report.chosen)
+    typer.echo(f"chosen: {report.chosen.candidate.name}"
+               + (f", {speedup:.2f}x fp32" if speedup else "")
+               + f", top-1 {report.chosen.top1:.2%} (float {report.reference['top1']:.2%}) -> {output}/model")
+    if report.calibration:
+        cal = report.calibration
+        typer.echo(f"temperature scaling: T={cal['temperature']:.3f}, ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f} "
+                   f"(float model {report.reference.get('ece') or 0:.4f})")
+    if report.stopped:
+        typer.echo(f"stopped early: {report.stopped}")
+    typer.echo(f"report: {output}/report.md, {output}/report.json, {output}/pareto.png")
 
 
 @app.command("package")

@@ -2,8 +2,10 @@
 
 `--eval-data FILE.npz` holds one array per model input, keyed by input name, with the samples stacked on
 a new leading axis (shape (N, *input_shape)); a batch-1 model also takes (N, *input_shape[1:])). An
-optional `label` array (N,) of class indices gives top-1 accuracy. The reference is the float model the
-artifact was compiled from (ONNX through onnxruntime, .pt2 through PyTorch), or `--reference MODEL`.
+optional `label` array (N,) of class indices gives top-1 accuracy and the expected calibration error
+(ECE) of the first output's softmax, also after temperature scaling (compiler/calibration.py). The
+reference is the float model the artifact was compiled from (ONNX through onnxruntime, .pt2 through
+PyTorch), or `--reference MODEL`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from compiler.frontends import require_framework
 from compiler.specs import TensorSpec
 
 LABEL_KEY = "label"
+ECE_BINS = 15  # equal-width confidence bins of the expected calibration error, as in Guo et al. 2017
 Runner = Callable[[Mapping[str, np.ndarray]], Sequence[np.ndarray]]
 
 
@@ -34,6 +37,12 @@ class EvalReport:
     sqnr_db: float  # signal-to-quantization-noise ratio of all outputs against the reference
     max_abs_diff: float
     reference: str
+    # expected calibration error of the first output's softmax (labels given, one class-score vector
+    # per sample): the artifact's, the float reference's, and the artifact's after temperature scaling
+    ece: float | None = None
+    reference_ece: float | None = None
+    calibrated_ece: float | None = None
+    temperature: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -83,12 +92,24 @@ def _samples(spec: TensorSpec, array: np.ndarray, path: Path, what: str) -> np.n
 
 
 def evaluate(run: Runner, reference: Runner, samples: Sequence[Mapping[str, np.ndarray]],
-             labels: np.ndarray | None, reference_name: str) -> EvalReport:
-    """Run both on every sample and compare: top-1 (first output), SQNR and max abs diff (all outputs)."""
+             labels: np.ndarray | None, reference_name: str, temperature: float | None = None) -> EvalReport:
+    """Run both on every sample and compare: top-1 (first output), SQNR and max abs diff (all outputs);
+    with labels, the calibration error of the first output (also after scaling by `temperature`)."""
     ours = [list(run(sample)) for sample in samples]
     theirs = [list(reference(sample)) for sample in samples]
     ours_top1 = top1([outs[0] for outs in ours])
     reference_top1 = top1([outs[0] for outs in theirs])
+    calibration = {}
+    if labels is not None and is_class_scores([outs[0] for outs in ours]):
+        logits = as_logits(np.stack([outs[0].reshape(-1) for outs in ours]))
+        calibration = dict(
+            ece=expected_calibration_error(softmax(logits), labels),
+            reference_ece=expected_calibration_error(
+                softmax(as_logits(np.stack([outs[0].reshape(-1) for outs in theirs]))), labels),
+        )
+        if temperature is not None:
+            calibration.update(calibrated_ece=expected_calibration_error(softmax(logits, temperature), labels),
+                               temperature=float(temperature))
     return EvalReport(
         samples=len(samples),
         top1_accuracy=None if labels is None else float((ours_top1 == labels).mean()),
@@ -97,7 +118,92 @@ def evaluate(run: Runner, reference: Runner, samples: Sequence[Mapping[str, np.n
         sqnr_db=sqnr_db([o for outs in ours for o in outs], [r for outs in theirs for r in outs]),
         max_abs_diff=max(float(np.abs(o - r).max()) for a, b in zip(ours, theirs) for o, r in zip(a, b)),
         reference=reference_name,
+        **calibration,
     )
+
+
+def cache_outputs(run: Runner) -> Runner:
+    """`run` once per sample: evaluating and calibrating on the same sample objects runs the model once."""
+    seen: dict[int, tuple[Mapping[str, np.ndarray], list[np.ndarray]]] = {}
+
+    def cached(sample: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        if id(sample) not in seen:
+            seen[id(sample)] = (sample, list(run(sample)))  # the sample is kept: its id stays its own
+        return seen[id(sample)][1]
+
+    return cached
+
+
+# --------------------------------------------------------------------------------------- calibration
+
+
+def is_class_scores(outputs: Sequence[np.ndarray]) -> bool:
+    """Whether every output is one float vector of two or more class scores (shape (C,), (1, C), ...)."""
+    return bool(outputs) and all(np.issubdtype(o.dtype, np.floating) and o.size >= 2 and o.size == o.shape[-1]
+                                 for o in outputs)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """softmax(logits / temperature) over the last axis, in float64, stable for any magnitude."""
+    scaled = np.asarray(logits, np.float64) / temperature
+    exp = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def as_logits(scores: np.ndarray) -> np.ndarray:
+    """Class scores (N, C) as logits: already probabilities (non-negative, each row summing to 1 within
+    1e-3) become their log, clipped at 1e-12, so that temperature scaling applies to them too."""
+    scores = np.asarray(scores, np.float64)
+    if np.all(scores >= 0) and np.allclose(scores.sum(axis=-1), 1.0, rtol=0, atol=1e-3):
+        return np.log(np.clip(scores, 1e-12, None))
+    return scores
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE (Guo et al. 2017): confidences (max probability) in equal-width bins (lo, hi]; the mean over
+    samples of |accuracy - mean confidence| of each sample's bin."""
+    probabilities = np.asarray(probabilities, np.float64)
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == np.asarray(labels)
+    which = np.digitize(confidence, np.linspace(0.0, 1.0, bins + 1)[1:-1], right=True)
+    error = 0.0
+    for b in np.unique(which):
+        members = which == b
+        error += members.sum() * abs(correct[members].mean() - confidence[members].mean())
+    return float(error / len(confidence))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """The temperature T in `bounds` minimising the negative log-likelihood of softmax(logits / T).
+
+    The NLL is convex in 1/T, hence unimodal in log T: a golden-section search in log T finds it.
+    """
+    logits = np.asarray(logits, np.float64)
+    labels = np.asarray(labels)
+    if labels.shape != logits.shape[:1] or not np.issubdtype(labels.dtype, np.integer) or \
+            labels.min(initial=0) < 0 or labels.max(initial=0) >= logits.shape[1]:
+        raise InputError(f"labels must be {len(logits)} class indices in [0, {logits.shape[1]}) to fit a temperature")
+    picked = logits[np.arange(len(labels)), labels]
+
+    def nll(log_t: float) -> float:
+        scaled = logits / math.exp(log_t)
+        top = scaled.max(axis=1)
+        return float(np.mean(top + np.log(np.exp(scaled - top[:, None]).sum(axis=1)) - picked / math.exp(log_t)))
+
+    ratio = (math.sqrt(5) - 1) / 2
+    lo, hi = math.log(bounds[0]), math.log(bounds[1])
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    while hi - lo > 1e-6:
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = nll(b)
+    return math.exp((lo + hi) / 2)
 
 
 def top1(outputs: Sequence[np.ndarray]) -> np.ndarray:

@@ -132,6 +132,7 @@ def c_header(name: str, manifest: Manifest) -> str:
         f'#define EDGEC_{symbol.upper()}_LIBRARY "/usr/lib/edgec/{name}/{manifest.library}"',
         f"#define EDGEC_{symbol.upper()}_NUM_INPUTS {len(manifest.inputs)}",
         f"#define EDGEC_{symbol.upper()}_NUM_OUTPUTS {len(manifest.outputs)}", "",
+        *_temperature_lines(symbol, manifest), "",
     ]
     for role, specs in (("input", manifest.inputs), ("output", manifest.outputs)):
         for index, spec in enumerate(specs):
@@ -141,6 +142,23 @@ def c_header(name: str, manifest: Manifest) -> str:
         lines += [f"static const edgec_tensor_info edgec_{symbol}_{role}s[] = {{", entries, "};", ""]
     lines += [f"#endif /* {guard} */", ""]
     return "\n".join(lines)
+
+
+def _temperature_lines(symbol: str, manifest: Manifest) -> list[str]:
+    """The softmax temperature of output 0 (compiler/calibration.py), 1.0f when none was fitted."""
+    define = f"#define EDGEC_{symbol.upper()}_SOFTMAX_TEMPERATURE"
+    if manifest.calibration is None:
+        return ["/* Uncalibrated: no softmax temperature was fitted (edgec evaluate --fit-temperature); 1.0f leaves",
+                " * softmax(output0) as it is. */", f"{define} 1.0f"]
+    calibration = manifest.calibration
+    return [
+        f"/* Softmax temperature T of output 0 ('{str(calibration['output']).replace('*/', '* /')}'), fitted on {calibration['samples']} samples: "
+        f"expected calibration error {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}.",
+        " * Calibrated probabilities: p[i] = exp(z[i] / T) / sum_j exp(z[j] / T) over the last axis (subtract",
+        " * max_j z[j] / T first), z the output's scores; an output that already holds probabilities uses",
+        " * z = log(p). The runner applies it with --calibrated T. */",
+        f"{define} {calibration['temperature']:.6f}f",
+    ]
 
 
 def _tensor_info(symbol: str, role: str, index: int, spec: TensorSpec) -> str:

@@ -60,9 +60,13 @@ class LatencyStats:
     p99: float
     max: float
     std: float  # population standard deviation
+    # Peak resident memory of the whole process that ran the model, in bytes: on the local device the
+    # Python process with TVM (its high-water mark over warm-up and timed runs), under qemu the C++
+    # runner (with the emulator); None where not measured (rpc, or no /proc)
+    peak_rss_bytes: int | None = None
 
     @classmethod
-    def from_samples(cls, samples_ms: Sequence[float], warmup: int) -> LatencyStats:
+    def from_samples(cls, samples_ms: Sequence[float], warmup: int, *, peak_rss_bytes: int | None = None) -> LatencyStats:
         samples = np.asarray(samples_ms, dtype=np.float64)
         if samples.ndim != 1 or samples.size == 0:
             raise ValueError(f"need a non-empty 1-D sequence of samples, got shape {samples.shape}")
@@ -70,7 +74,12 @@ class LatencyStats:
         return cls(
             runs=int(samples.size), warmup=int(warmup), min=float(samples.min()), mean=float(samples.mean()),
             p50=p50, p90=p90, p99=p99, max=float(samples.max()), std=float(samples.std()),
+            peak_rss_bytes=peak_rss_bytes,
         )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a dict; `peak_rss_bytes` only where it was measured."""
+        out = asdict(self)
+        if self.peak_rss_bytes is None:
+            del out["peak_rss_bytes"]
+        return out

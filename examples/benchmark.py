@@ -35,7 +35,11 @@ and engines do not slow down alike (compiler.bench.paired_latencies). Sections:
 - arm: the digits CNN, MobileNetV2 and ResNet-18 for cortex-a72 (fp32) and cortex-a76 (fp32 and int8
   on sdot), zero-trial, counted in guest instructions per inference under qemu at one thread (a
   speed proxy: compiler/runtime/instructions.py) against onnxruntime's aarch64 build on the same
-  emulated core (examples/arm_reference.py; needs `dpkg --add-architecture arm64 && apt-get update`).
+  emulated core (examples/arm_reference.py; needs `dpkg --add-architecture arm64 && apt-get update`);
+- optimize: `edgec optimize` with zero-trial kernels, a 1-point band and a 20-minute budget, on the
+  digits CNN (with its fine-tune hook) and ResNet-18 trained on the digits at 32x32
+  (examples/labelled_zoo.py): the chosen build, its speed-up over edgec fp32, top-1 and ECE (float,
+  chosen, chosen after temperature scaling), and the search's minutes.
 """
 
 from __future__ import annotations
@@ -468,6 +472,52 @@ def arm_section(work: Path, args) -> list[dict]:
     return rows
 
 
+def optimize_section(work: Path, args) -> list[dict]:
+    """`edgec optimize` as a user runs it, zero-trial (no tuning records), a 1-point band, 20-minute
+    budget: the digits CNN (with its fine-tune hook) and ResNet-18 trained on the digits scaled to 32x32
+    (examples/labelled_zoo.py: a zoo architecture with real labels). The speed-up of the chosen build is
+    over edgec's own fp32 build, from interleaved rounds in the search's process (compiler/optimize.py)."""
+    from compiler.evaluate import load_eval_data
+    from compiler.frontends import load_model
+    from compiler.optimize import EvalSet, OptimizeOptions, optimize
+    from examples import digits_cnn
+    from examples.export import example_model, export_onnx
+    from examples.labelled_zoo import labelled_model
+
+    model, x_tensor = example_model("digits")
+    x_train, _, x_test, y_test = digits_cnn.load_digits_split(0)
+    digits = {"model": export_onnx(model, x_tensor, work / "digits-optimize.onnx"), "eval": work / "digits-eval.npz",
+              "calibration": work / "digits-calibration.npz", "hook": "examples.prune_finetune:finetune_hook"}
+    np.savez(digits["eval"], input=x_test, label=y_test)
+    np.savez(digits["calibration"], input=x_train[:100])
+    with console.status("training ResNet-18 on the digits at 32x32 (cached after the first time)"):
+        zoo = labelled_model("resnet18")
+    cases = {"digits": digits,
+             "resnet18 (digits 32x32)": {"model": zoo.onnx, "eval": zoo.eval_data, "calibration": zoo.calibration_data,
+                                         "hook": None}}
+    rows = []
+    for name, files in cases.items():
+        specs = load_model(files["model"]).inputs
+        samples, labels = load_eval_data(files["eval"], specs)
+        calibration, _ = load_eval_data(files["calibration"], specs, what="calibration data")
+        options = OptimizeOptions(args.preset, 0.01, tuple(calibration), str(files["calibration"]), time_budget_s=20 * 60,
+                                  finetune_hook=files["hook"], tuning_log=None)
+        with console.status(f"edgec optimize {name} for {args.preset.name}"):
+            report = optimize(files["model"], options, EvalSet(tuple(samples), labels, str(files["eval"])),
+                              work / f"optimize-{name.split()[0]}")
+        chosen, cal = report.chosen, report.calibration or {}
+        rows.append({"model": name, "candidates": len(report.results),
+                     "timed": sum(r.latency_ms is not None for r in report.results),
+                     "chosen": chosen.candidate.name if chosen else None,
+                     "fp32 ms": report.fp32.latency_ms if report.fp32 else None,
+                     "chosen ms": chosen.latency_ms if chosen else None,
+                     "x fp32": report.speedup(chosen) if chosen else None,
+                     "float top-1": report.reference["top1"], "chosen top-1": chosen.top1 if chosen else None,
+                     "float ECE": report.reference["ece"], "chosen ECE": cal.get("ece_before"),
+                     "ECE after T": cal.get("ece_after"), "search min": report.elapsed_s / 60})
+    return rows
+
+
 def _cell(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else "" if value is None else str(value)
 
@@ -492,7 +542,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--skip", default="", type=lambda s: set(filter(None, s.split(","))),
-                        help="sections to leave out: fp32, zero-trial, tuning, int8, prune, layout, arm; and variants: the fp32 "
+                        help="sections to leave out: fp32, zero-trial, tuning, int8, prune, layout, arm, optimize; and variants: the fp32 "
                              "rows' builds in the other layout and with direct convs only (untuned: slow)")
     parser.add_argument("--target", help=f"x86 preset to compile for (default: the first of "
                                           f"{', '.join(X86_BY_CAPABILITY)} that runs natively here)")
@@ -517,7 +567,9 @@ def main(argv: list[str] | None = None) -> None:
                     ("prune", "structured pruning, ResNet-18", prune_section),
                     ("layout", "conv layout, digits CNN", layout_section),
                     ("arm", "ARM under qemu: guest instructions per inference, 1 thread (a proxy; ratios > 1: edgec "
-                            "executes fewer)", arm_section)]
+                            "executes fewer)", arm_section),
+                    ("optimize", "edgec optimize, zero-trial, 1-point band (x fp32: the chosen build over edgec fp32)",
+                     optimize_section)]
         for key, title, section in sections:
             if key in args.skip:
                 continue

@@ -33,6 +33,7 @@ class PruneFinetuneResult:
     accuracy_pruned: float  # right after pruning
     accuracy_after: float  # after fine-tuning
     onnx: Path | None
+    model: nn.Module | None = None  # the pruned, fine-tuned model
 
 
 def kept_channels(model: digits_cnn.DigitsCNN, config: PruneConfig) -> list[np.ndarray]:
@@ -147,7 +148,21 @@ def run(
     tuned = fine_tune(pruned, teacher=model, epochs=epochs, seed=seed)
     after = digits_cnn.accuracy(tuned, x_te, y_te)
     path = export_onnx(tuned, torch.zeros(digits_cnn.INPUT_SHAPE), out) if out is not None else None
-    return PruneFinetuneResult(tuple(tuple(k.tolist()) for k in kept), before, right_after, after, path)
+    return PruneFinetuneResult(tuple(tuple(k.tolist()) for k in kept), before, right_after, after, path, tuned)
+
+
+def finetune_hook(ratio: float, criterion: str, output: Path) -> Path:
+    """`edgec optimize --finetune-hook examples.prune_finetune:finetune_hook` for the digits example
+    (`python -m examples.export digits`, seed 0): the trained model pruned at `ratio` and fine-tuned,
+    written to `output` (.onnx or .pt2). A hook for another model does the same with its own recipe."""
+    from examples.export import export_pt2
+
+    result = run(PruneConfig(ratio, criterion), out=None, model=digits_cnn.train(0))
+    pruned = result.model
+    example = torch.zeros(digits_cnn.INPUT_SHAPE)
+    if Path(output).suffix.lower() == ".pt2":
+        return export_pt2(pruned, example, output)
+    return export_onnx(pruned, example, output)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

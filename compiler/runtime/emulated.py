@@ -26,6 +26,9 @@ class EmulatedModel:
         return outputs
 
     def bench(self, inputs: Mapping[str, np.ndarray], spec: BenchSpec) -> LatencyStats:
+        """Latency of single runs as the runner times them, with its peak resident memory (VmHWM,
+        in its bench line): the whole runner process under qemu-user, the emulator's own
+        memory (translated code, its heap) included."""
         _, stats = self._run(check_inputs(self.manifest.inputs, inputs), spec)
         assert stats is not None
         return stats

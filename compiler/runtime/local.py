@@ -41,11 +41,14 @@ class LocalModel:
         return {spec.name: np.from_dlpack(value).copy() for spec, value in zip(self.manifest.outputs, values)}
 
     def bench(self, inputs: Mapping[str, np.ndarray], spec: BenchSpec) -> LatencyStats:
-        """Latency of single runs after `spec.warmup` untimed ones (TVM's time_evaluator, number=1)."""
+        """Latency of single runs after `spec.warmup` untimed ones (TVM's time_evaluator, number=1),
+        with this whole process's peak resident memory over those runs (Python and TVM included)."""
+        measured = _reset_peak_rss()
         for _ in range(spec.warmup):
             self.run(inputs)
         seconds = self.latencies(inputs, repeat=spec.runs, number=1)
-        return LatencyStats.from_samples([s * 1e3 for s in seconds], spec.warmup)
+        peak = _peak_rss_bytes() if measured else None
+        return LatencyStats.from_samples([s * 1e3 for s in seconds], spec.warmup, peak_rss_bytes=peak)
 
     def close(self) -> None:
         """Nothing to release: the library stays loaded while the object lives."""
@@ -94,6 +97,30 @@ class LocalModel:
         for view, array in zip(self._input_views, check_inputs(self.manifest.inputs, inputs)):
             np.copyto(view, array)
         return self._input_tensors
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's resident-memory high-water mark (VmHWM) to its current RSS (Linux >= 4.0);
+    False where /proc cannot do it, and then no peak is reported (it would include earlier work)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as stream:
+            stream.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int | None:
+    """VmHWM of /proc/self/status in bytes: the process's peak resident memory since the last reset."""
+    try:
+        with open("/proc/self/status") as stream:
+            for line in stream:
+                if line.startswith("VmHWM:"):
+                    value, unit = line.split()[1:3]
+                    return int(value) * 1024 if unit == "kB" else None
+    except OSError:
+        pass
+    return None
 
 
 def _is_array(value: object) -> bool:

@@ -1,12 +1,14 @@
 // edgec-runner: run an edgec model library (model.so) in TVM's Relax VM without Python.
 //
-//   edgec-runner MODEL.so --input FILE.npy [--input FILE.npy ...] [--output-dir DIR]
+//   edgec-runner MODEL.so --input FILE.npy [--input FILE.npy ...] [--output-dir DIR] [--calibrated T]
 //                [--bench [--warmup N] [--runs N]]
 //   edgec-runner rpc-server [--tracker HOST:PORT --key KEY] ...   (rpc_server.cc: a TVM RPC server)
 //
 // Inputs are .npy files (format 1.0/2.0/3.0, little-endian, C order) given in the model's input
-// order. Outputs are written as DIR/output<i>.npy. With --bench, the model runs N times after W
-// warm-up runs and one JSON line of latency statistics in milliseconds goes to stdout.
+// order. Outputs are written as DIR/output<i>.npy; with --calibrated T (the manifest's softmax
+// temperature) output0.npy holds softmax(output0 / T) over its last axis instead. With --bench, the model runs N times after W
+// warm-up runs and one JSON line of latency statistics in milliseconds, with the runner's peak
+// resident memory in bytes ("peak_rss_bytes"), goes to stdout.
 // Any error prints one line on stderr and exits with code 2.
 //
 // Links against libtvm_runtime.so (which registers the VM) and libtvm_ffi.so; uses tvm_ffi headers only.
@@ -31,6 +33,7 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
 
 namespace ffi = tvm::ffi;
 namespace fs = std::filesystem;
@@ -213,17 +216,33 @@ double Percentile(const std::vector<double>& sorted, double p) {
   return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
 }
 
+// The runner's own peak resident set size in bytes so far (the model, TVM's runtime and the runner;
+// under qemu-user, the emulator's too): VmHWM of /proc/self/status, -1 if unknown. Not getrusage's
+// ru_maxrss: Linux carries it across fork and exec, so a runner started by a 2 GB Python process
+// reported 2.6 GB.
+long long PeakRssBytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::atoll(line.c_str() + 6) * 1024;  // "VmHWM:   1234 kB"
+  }
+  return -1;
+}
+
 std::string BenchJson(std::vector<double> ms, int warmup) {
   std::sort(ms.begin(), ms.end());
   double mean = 0, var = 0;
   for (double x : ms) mean += x / ms.size();
   for (double x : ms) var += (x - mean) * (x - mean) / ms.size();  // population std, like numpy
+  long long peak_rss = PeakRssBytes();
+  char rss[32] = "null";
+  if (peak_rss > 0) std::snprintf(rss, sizeof(rss), "%lld", peak_rss);
   char buf[512];
   std::snprintf(buf, sizeof(buf),
                 "{\"runs\":%zu,\"warmup\":%d,\"min\":%.6f,\"mean\":%.6f,\"p50\":%.6f,\"p90\":%.6f,"
-                "\"p99\":%.6f,\"max\":%.6f,\"std\":%.6f}",
+                "\"p99\":%.6f,\"max\":%.6f,\"std\":%.6f,\"peak_rss_bytes\":%s}",
                 ms.size(), warmup, ms.front(), mean, Percentile(ms, 50), Percentile(ms, 90),
-                Percentile(ms, 99), ms.back(), std::sqrt(var));
+                Percentile(ms, 99), ms.back(), std::sqrt(var), rss);
   return buf;
 }
 
@@ -247,7 +266,56 @@ struct Options {
   bool bench = false;
   int warmup = 3;
   int runs = 20;
+  double temperature = 0;  // --calibrated T; 0: the first output is written as the model computed it
 };
+
+double ParseTemperature(const std::string& flag, const std::string& text) {
+  size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::logic_error&) {
+  }
+  if (used != text.size() || !(value > 0) || !std::isfinite(value)) {
+    throw UsageError(flag + " needs a softmax temperature > 0, got '" + text + "'");
+  }
+  return value;
+}
+
+// softmax(scores / T) over the last axis of a float32 output, into a new tensor (the VM's result may
+// be an input tensor itself). Scores that are already probabilities (every row non-negative, summing
+// to 1 within 1e-3) are scaled as log(max(p, 1e-12)), as compiler/evaluate.py's as_logits does.
+ffi::Tensor Calibrated(const ffi::Tensor& scores, double temperature) {
+  DLDataType dtype = scores.dtype();
+  if (dtype.code != kDLFloat || dtype.bits != 32 || dtype.lanes != 1 || scores.ndim() == 0 ||
+      scores.device().device_type != kDLCPU || !scores.IsContiguous()) {
+    throw std::runtime_error("--calibrated applies to a float32 first output of class scores, not " +
+                             std::string(ffi::DLDataTypeToString(dtype)) + " of rank " + std::to_string(scores.ndim()));
+  }
+  const DLTensor* t = scores.GetDLTensorPtr();
+  const float* in = reinterpret_cast<const float*>(static_cast<const char*>(t->data) + t->byte_offset);
+  std::vector<double> x(in, in + scores.numel());
+  size_t classes = static_cast<size_t>(scores.shape()[scores.ndim() - 1]);
+  bool probabilities = true;
+  for (size_t row = 0; classes > 0 && row < x.size(); row += classes) {
+    double sum = 0;
+    for (size_t c = row; c < row + classes; ++c) {
+      probabilities = probabilities && x[c] >= 0;
+      sum += x[c];
+    }
+    probabilities = probabilities && std::fabs(sum - 1.0) <= 1e-3;
+  }
+  if (probabilities) for (double& v : x) v = std::log(std::max(v, 1e-12));
+  ffi::Tensor out = ffi::Tensor::FromNDAlloc(AlignedAlloc(), scores.shape(), dtype, kCPU);
+  float* dst = static_cast<float*>(out.data_ptr());
+  for (size_t row = 0; classes > 0 && row < x.size(); row += classes) {
+    double top = -INFINITY, sum = 0;
+    for (size_t c = row; c < row + classes; ++c) top = std::max(top, x[c] / temperature);
+    for (size_t c = row; c < row + classes; ++c) sum += (x[c] = std::exp(x[c] / temperature - top));
+    for (size_t c = row; c < row + classes; ++c) dst[c] = static_cast<float>(x[c] / sum);
+  }
+  return out;
+}
 
 int ParseCount(const std::string& flag, const std::string& text, int minimum) {
   size_t used = 0;
@@ -275,6 +343,7 @@ Options ParseArgs(int argc, char** argv) {
     else if (arg == "--bench") opt.bench = true;
     else if (arg == "--warmup") opt.warmup = ParseCount(arg, next(), 0);
     else if (arg == "--runs") opt.runs = ParseCount(arg, next(), 1);
+    else if (arg == "--calibrated") opt.temperature = ParseTemperature(arg, next());
     else if (arg.rfind("--", 0) == 0 || !opt.library.empty()) throw UsageError("unexpected argument '" + arg + "'");
     else opt.library = arg;
   }
@@ -292,6 +361,7 @@ int Main(int argc, char** argv) {
   std::vector<ffi::Tensor> outputs;
   Flatten(Run(main, inputs), &outputs);
   if (!opt.output_dir.empty()) {
+    if (opt.temperature > 0 && !outputs.empty()) outputs[0] = Calibrated(outputs[0], opt.temperature);
     fs::create_directories(opt.output_dir);
     for (size_t i = 0; i < outputs.size(); ++i) {
       WriteNpy(fs::path(opt.output_dir) / ("output" + std::to_string(i) + ".npy"), outputs[i]);
@@ -307,7 +377,7 @@ int RpcServerMain(int argc, char** argv);  // rpc_server.cc
 
 int main(int argc, char** argv) {
   const char* usage =
-      "usage: edgec-runner MODEL.so --input FILE.npy [--input FILE.npy ...] [--output-dir DIR]\n"
+      "usage: edgec-runner MODEL.so --input FILE.npy [--input FILE.npy ...] [--output-dir DIR] [--calibrated T]\n"
       "                    [--bench [--warmup N] [--runs N]]\n"
       "       edgec-runner rpc-server [--tracker HOST:PORT --key KEY] [--port 9090] ...\n";
   if (argc > 1 && std::string(argv[1]) == "rpc-server") return RpcServerMain(argc - 1, argv + 1);

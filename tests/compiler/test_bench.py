@@ -160,10 +160,30 @@ def test_bench_local_times_single_runs(compiled):
     assert 0 < stats.min <= stats.p50 <= stats.p90 <= stats.p99 <= stats.max
 
 
+def test_bench_local_peak_memory_is_the_processes_during_the_runs_only(compiled):
+    artifact = compiled("digits", "onnx", "host")
+    info = edgec_json("bench", artifact, "--runs", 5, "--warmup", 1)
+    assert info["stats"]["peak_rss_bytes"] > read_manifest(artifact).memory["weights_bytes"]
+    # 300 MB touched and freed before the runs: the high-water mark is reset, so the peak excludes it
+    np.ones(300_000_000 // 8)
+    lifetime_peak = _vm_hwm_bytes()
+    stats = bench(artifact, BenchSpec(warmup=1, runs=5))
+    assert 0 < stats.peak_rss_bytes < lifetime_peak - 200e6
+    assert "peak resident memory: " in edgec("bench", artifact, "--runs", 2, "--warmup", 0)
+
+
+def _vm_hwm_bytes() -> int:
+    """This process's peak resident memory so far (VmHWM), as Linux reports it."""
+    with open("/proc/self/status") as status:
+        (line,) = [line for line in status if line.startswith("VmHWM:")]
+    return int(line.split()[1]) * 1024
+
+
 def test_bench_under_qemu_times_single_runs_of_the_aarch64_runner(compiled):
     stats = bench(compiled("digits", "onnx", "cortex-a72"), BenchSpec(warmup=1, runs=12), "qemu")
     assert (stats.runs, stats.warmup) == (12, 1)
     assert 0 < stats.min <= stats.p50 <= stats.p90 <= stats.p99 <= stats.max
+    assert stats.peak_rss_bytes > 1e6  # the runner's, reported in its bench line (qemu's memory included)
 
 
 def test_bench_device_choices(compiled):
@@ -208,7 +228,7 @@ def test_kernel_times_of_two_builds_on_the_cli(compiled):
     for row in rows:  # the other build's time where it has a kernel of that name, else none
         assert (row["against_ms"] is None) == (row["name"] not in {k.name for k in own})
     text = edgec("bench", nchw, "--runs", 4, "--warmup", 0, "--kernels", 2)
-    assert "per kernel, ms per run" in text and len(text.strip().splitlines()) == 3 + 2 + 2
+    assert "per kernel, ms per run" in text and len(text.strip().splitlines()) == 4 + 2 + 2  # with peak memory
 
 
 def test_kernel_options_in_one_line(compiled):

@@ -259,6 +259,25 @@ def test_run_rejects_wrong_inputs(inputs, message, compiled):
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize("target", [
+    "host", "mali-g610",
+    pytest.param("cuda-sm90", marks=pytest.mark.skipif(shutil.which("nvcc") is None, reason="CUDA presets need nvcc")),
+])
+def test_manifest_records_the_memory_footprint_for_every_device_kind(target, example, compiled):
+    from torch import nn
+
+    memory = read_manifest(compiled("digits", "onnx", target)).memory
+    # batch norm folds into the convolutions: the library keeps exactly the conv and linear parameters
+    layers = [m for m in example("digits").model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert memory["weights_bytes"] == 4 * sum(p.numel() for m in layers for p in m.parameters()) == 103_464
+    # the plan holds the largest activation (conv2's 1x32x8x8) and the 1x10 output, and reuses storage:
+    # less than every layer's output (conv 16x8x8, conv 32x8x8, pool 32x4x4, conv 64x4x4, pool 64x2x2,
+    # flatten 256, linear 10) at once
+    every = 4 * (16 * 64 + 32 * 64 + 32 * 16 + 64 * 16 + 64 * 4 + 256 + 10)
+    assert 4 * (32 * 8 * 8 + 10) <= memory["peak_activation_bytes"] < every
+    assert memory["activation_source"] == "TVM's static memory plan (alloc_storage in main)"
+
+
 def test_manifest_round_trips_through_read_manifest(compiled):
     artifact = compiled("digits", "onnx", "host")
     data = json.loads((artifact / "manifest.json").read_text())

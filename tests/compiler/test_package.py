@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import subprocess
@@ -10,8 +11,9 @@ import tarfile
 import numpy as np
 import pytest
 
+from compiler.artifact import read_manifest
 from compiler.errors import ArtifactError
-from compiler.package import package_artifact
+from compiler.package import c_header, package_artifact
 from targets import resolve_target
 
 needs_qemu = pytest.mark.skipif(resolve_target("cortex-a72").execution_here().mode != "qemu",
@@ -95,10 +97,24 @@ def test_header_describes_inputs_and_outputs_and_compiles(compiled, tmp_path):
     assert "edgec_digits_input0_shape[] = {1, 1, 8, 8};" in header
     assert '{"input", 4, edgec_digits_input0_shape, "float32", 2, 32, 256u}' in header
     assert '{"output", 2, edgec_digits_output0_shape, "float32", 2, 32, 40u}' in header
+    assert "#define EDGEC_DIGITS_SOFTMAX_TEMPERATURE 1.0f" in header and "Uncalibrated" in header
     program = tmp_path / "use.c"
-    program.write_text('#include "edgec/digits.h"\nint main(void) { return edgec_digits_inputs[0].size_bytes == 256 ? 0 : 1; }\n')
-    subprocess.run(["gcc", "-Wall", "-Werror", f"-I{tmp_path / 'digits/usr/include'}", str(program), "-o", str(tmp_path / "use")], check=True)
-    assert subprocess.run([str(tmp_path / "use")]).returncode == 0
+    program.write_text('#include "edgec/digits.h"\nint main(void) { return edgec_digits_inputs[0].size_bytes == 256 '
+                       '&& EDGEC_DIGITS_SOFTMAX_TEMPERATURE > 1.2345f && EDGEC_DIGITS_SOFTMAX_TEMPERATURE < 1.2346f ? 0 : 1; }\n')
+    use = tmp_path / "use"
+    build = ["gcc", "-Wall", "-Werror", f"-I{tmp_path / 'digits/usr/include'}", str(program), "-o", str(use)]
+    subprocess.run(build, check=True)
+    assert subprocess.run([str(use)]).returncode == 1  # uncalibrated: T = 1
+    # a fitted temperature becomes the header's constant, with how to apply it
+    manifest = read_manifest(compiled("digits", "onnx", "host"))
+    calibration = {"temperature": 1.2345678, "output": "output", "bins": 15, "ece_before": 0.0412, "ece_after": 0.0131,
+                   "eval_data": "eval.npz", "samples": 450}
+    header = c_header("digits", dataclasses.replace(manifest, calibration=calibration))
+    assert "#define EDGEC_DIGITS_SOFTMAX_TEMPERATURE 1.234568f" in header and "0.0412 -> 0.0131" in header
+    assert "exp(z[i] / T)" in header and "Uncalibrated" not in header
+    (tmp_path / "digits/usr/include/edgec/digits.h").write_text(header)
+    subprocess.run(build, check=True)
+    assert subprocess.run([str(use)]).returncode == 0
 
 
 def test_compile_only_presets_cannot_be_packaged_and_nothing_is_written(compiled, tmp_path):

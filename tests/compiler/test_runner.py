@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 from compiler.build import CompileOptions, compile_model
 from compiler.bench import BenchSpec
 from compiler.errors import BenchError, ToolchainError
+from compiler.evaluate import softmax
 from compiler.frontends import import_onnx
 from compiler.runtime import LocalModel
 from compiler.runtime.toolchain import (
@@ -22,7 +23,7 @@ from compiler.runtime.toolchain import (
 from examples import onnx_cases
 from targets import resolve_target
 
-STAT_KEYS = {"runs", "warmup", "min", "mean", "p50", "p90", "p99", "max", "std"}
+STAT_KEYS = {"runs", "warmup", "min", "mean", "p50", "p90", "p99", "max", "std", "peak_rss_bytes"}
 # dtype -> ONNX element type, for a model that passes every dtype the runner must read and write
 DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "int8": TensorProto.INT8,
           "uint8": TensorProto.UINT8, "int32": TensorProto.INT32, "int64": TensorProto.INT64}
@@ -101,6 +102,17 @@ def test_host_runner_matches_local_model(case, request, host_runner, tmp_path):
     if case == "dtypes":  # integer outputs are exact, and the npy writer kept every dtype
         for got, name in zip(outputs, inputs):
             np.testing.assert_array_equal(got, inputs[name] + inputs[name])
+    # --calibrated T: the first output (float32, its last axis: 1x5 for conv, 2 rows of 3 for dtypes)
+    # becomes softmax(output / T), as compiler/calibration.py computes it; the others stay as they were
+    command = [*runner_command("x86_64", host_runner), str(artifact / "model.so"), *(a for p in paths for a in ("--input", str(p))),
+               "--output-dir", str(tmp_path / "calibrated"), "--calibrated", "0.37"]
+    subprocess.run(command, capture_output=True, text=True, check=True)
+    calibrated = [np.load(tmp_path / "calibrated" / f"output{i}.npy") for i in range(len(outputs))]
+    assert calibrated[0].dtype == np.float32 and calibrated[0].shape == outputs[0].shape
+    np.testing.assert_allclose(calibrated[0], softmax(outputs[0], 0.37), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(calibrated[0].sum(axis=-1), 1.0, atol=1e-6)
+    for got, want in zip(calibrated[1:], outputs[1:]):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_runner_reads_npy_format_2(conv, host_runner, tmp_path):
@@ -124,9 +136,12 @@ def test_bench_json_line(conv, host_runner, tmp_path):
     assert stats["runs"] == 25 and stats["warmup"] == 2
     assert 0 < stats["min"] <= stats["p50"] <= stats["p90"] <= stats["p99"] <= stats["max"]
     assert stats["min"] <= stats["mean"] <= stats["max"] and stats["std"] >= 0
+    # the runner's own peak RSS: at least the TVM runtime it loaded, far below a Python process's
+    assert 1e6 < stats["peak_rss_bytes"] < 1e9
 
     _, parsed = run_runner("x86_64", artifact / "model.so", paths, tmp_path / "out", BenchSpec(warmup=1, runs=7))
     assert parsed.runs == 7 and parsed.warmup == 1 and parsed.p50 <= parsed.p90 <= parsed.p99 <= parsed.max
+    assert parsed.peak_rss_bytes > 1e6
 
 
 @pytest.mark.parametrize("array, message", [
@@ -149,10 +164,16 @@ def test_bad_input_exits_2_with_one_line(conv, host_runner, tmp_path, array, mes
 
 def test_usage_errors_exit_2(conv, host_runner):
     artifact, _, _, paths = conv
+    run = [str(artifact / "model.so"), "--input", str(paths[0]), "--output-dir", str(paths[0].parent / "out")]
     for args in ([], [str(artifact / "model.so"), "--input", str(paths[0])], ["--runs", "0", "--bench"],
-                 [str(artifact / "missing.so"), "--bench"]):
+                 [str(artifact / "missing.so"), "--bench"], [*run, "--calibrated"]):
         result = subprocess.run([*runner_command("x86_64", host_runner), *args], capture_output=True, text=True)
         assert result.returncode == 2 and result.stderr.startswith("edgec-runner: "), args
+    for temperature in ("0", "-1", "T", "nan", "1.5x"):
+        result = subprocess.run([*runner_command("x86_64", host_runner), *run, "--calibrated", temperature],
+                                capture_output=True, text=True)
+        assert result.returncode == 2, temperature
+        assert f"--calibrated needs a softmax temperature > 0, got '{temperature}'" in result.stderr
 
 
 def test_runner_binary_is_cached(host_runner):
