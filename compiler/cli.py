@@ -756,7 +756,7 @@ def optimize_command(
     tune_trials: Annotated[int, typer.Option("--tune-trials", help="With --tune-best: measured schedules per tuned candidate.")] = 64,
     prune_ratios: Annotated[str, typer.Option("--prune-ratios", help="Structured pruning ratios to try, comma-separated; empty: no pruning.")] = "0.25,0.5,0.75",
     calibration_methods: Annotated[str, typer.Option("--calibration-methods", help="int8 calibration methods to try (percentile, entropy, minmax), comma-separated, the first also with pruning; empty: no int8.")] = "percentile,entropy,minmax",
-    finetune_hook: Annotated[Optional[str], typer.Option("--finetune-hook", help="MODULE:FUNCTION(ratio, criterion, output_path) -> model path: prunes and fine-tunes your model (PyTorch), tried beside post-training pruning.")] = None,
+    finetune_hook: Annotated[Optional[str], typer.Option("--finetune-hook", help="MODULE:FUNCTION(model, ratio, criterion, output_path) -> model path: prunes and fine-tunes your model (PyTorch) and writes it, tried beside post-training pruning.")] = None,
     tuning_log: ExtraTuningLogOption = None,
     untuned: Annotated[bool, typer.Option("--untuned", help="Ignore tuning records: every candidate gets zero-trial default schedules.")] = False,
     try_layouts: Annotated[bool, typer.Option("--try-layouts/--no-try-layouts", help="Also try the preset's conv layout (NCHW/NHWC) and Winograd choice flipped (CPU presets).")] = True,
@@ -804,7 +804,7 @@ def optimize_command(
 
 def _ratios(text: str) -> tuple[float, ...]:
     try:
-        ratios = tuple(float(part) for part in text.split(",") if part.strip())
+        ratios = tuple(dict.fromkeys(float(part) for part in text.split(",") if part.strip()))  # once each
     except ValueError:
         raise EdgecError(f"--prune-ratios takes fractions separated by commas (0.25,0.5), got '{text}'") from None
     if any(not 0 < ratio < 1 for ratio in ratios):
@@ -813,7 +813,7 @@ def _ratios(text: str) -> tuple[float, ...]:
 
 
 def _names(text: str, choices: Sequence[str], option: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))  # once each
     unknown = [name for name in names if name not in choices]
     if unknown:
         raise EdgecError(f"{option}: unknown {', '.join(unknown)}; choose from: {', '.join(choices)}")

@@ -25,6 +25,7 @@ tried and why each candidate was or was not chosen.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
@@ -54,7 +55,8 @@ TIMING_S = 1.0  # timed runs per candidate: enough for about this many seconds, 
 MIN_RUNS, MAX_RUNS = 30, 1000
 CONFIRM_ROUNDS = 5
 MODEL_DIR, REPORT_JSON, REPORT_MD, PLOT_PNG = "model", "report.json", "report.md", "pareto.png"
-FinetuneHook = Callable[[float, str, Path], Path]
+# (source model, pruning ratio, criterion, output path) -> the pruned, fine-tuned model written there
+FinetuneHook = Callable[[Path, float, str, Path], Path]
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,9 @@ class EvalSet:
                              "and calibration against labels: add label=(N,) class indices to the .npz")
         if not self.samples:
             raise InputError(f"evaluation data '{self.source}' holds no samples")
+        if self.labels.dtype.kind not in "iu" or (self.labels < 0).any():
+            raise InputError(f"evaluation data '{self.source}': 'label' must hold class indices (integers >= 0), "
+                             f"got {self.labels.dtype}{' with negatives' if self.labels.dtype.kind in 'iuf' and (self.labels < 0).any() else ''}")
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,7 @@ class OptimizeOptions:
     tune_trials: int = 64  # measured candidates per tuned build
     prune_ratios: tuple[float, ...] = PRUNE_RATIOS
     calibration_methods: tuple[str, ...] = CALIBRATION_METHODS
-    finetune_hook: str | None = None  # MODULE:FUNCTION(ratio, criterion, output) -> model path
+    finetune_hook: str | None = None  # MODULE:FUNCTION(model, ratio, criterion, output) -> model path
     flip_preset_choices: bool = True  # also try the preset's conv layout and Winograd choice flipped
     # The tuning databases compiles read (compiler.tuning.database.RecordSources); None: none (--untuned)
     tuning_log: Any = field(default_factory=lambda: _default_sources())
@@ -127,6 +132,7 @@ class OptimizeOptions:
             (self.tune_best >= 0, f"--tune-best must be >= 0, got {self.tune_best}"),
             (self.tune_trials >= 1, f"--tune-trials must be at least 1, got {self.tune_trials}"),
             (not (self.tune_best and self.device == "qemu"), "--tune-best measures kernels on the device: use --device local or rpc (an emulated device times nothing real)"),
+            (not (self.latency_budget_ms and self.device == "qemu"), "--latency-budget is a time on the device, and qemu's is not: under --device qemu guest instructions rank the candidates; drop --latency-budget or use --device rpc"),
             (bool(self.calibration), f"calibration data '{self.calibration_source}' holds no samples"),
         )
         for ok, message in checks:
@@ -233,10 +239,15 @@ class OptimizeReport:
         }
 
 
+def speed(result: CandidateResult) -> float:
+    """What ranks a timed candidate: guest instructions under qemu, else its p50 (tuned where tuned)."""
+    return result.instructions if result.instructions is not None else result.latency_ms
+
+
 def pareto_front(results: Iterable[CandidateResult]) -> list[CandidateResult]:
-    """Timed candidates no other timed one beats on both latency and top-1 (fastest first)."""
+    """Timed candidates no other timed one beats on both speed and top-1 (fastest first)."""
     timed = sorted((r for r in results if r.latency_ms is not None and r.top1 is not None),
-                   key=lambda r: (r.latency_ms, -r.top1))
+                   key=lambda r: (speed(r), -r.top1))
     front, best_top1 = [], -1.0
     for result in timed:
         if result.top1 > best_top1:
@@ -294,6 +305,7 @@ class Optimizer:
         self.out_dir = Path(out_dir)
         self.on_update = on_update or (lambda report: None)
         self.started = time.monotonic()
+        self.hook = load_hook(options.finetune_hook) if options.finetune_hook else None  # a typo fails now, not later
         self.work = Path(tempfile.mkdtemp(prefix=".edgec-optimize-", dir=self._prepare_out_dir()))
         self.models: dict[tuple[float, bool], ImportedModel] = {}
         self.model_files: dict[tuple[float, bool], Path] = {}  # the fine-tune hook's models
@@ -339,6 +351,10 @@ class Optimizer:
         outputs = [np.asarray(run(sample)[0]) for sample in self.eval_set.samples]
         self.reference_outputs = outputs
         logits = _logits(outputs)
+        classes = outputs[0].size
+        if logits is not None and int(self.eval_set.labels.max()) >= classes:
+            raise InputError(f"evaluation data '{self.eval_set.source}': label {int(self.eval_set.labels.max())} is not "
+                             f"a class of the model's first output ({classes} classes, 0-{classes - 1})")
         self.report.reference = {
             "engine": "onnxruntime" if self.model_path.suffix.lower() == ".onnx" else "PyTorch",
             "eval_data": self.eval_set.source, "samples": len(outputs),
@@ -352,51 +368,61 @@ class Optimizer:
             if self.options.device == "qemu" else f"the device ({self._device_name()})")
 
     def _try(self, result: CandidateResult) -> None:
-        from compiler.build import CompileOptions, compile_model
-        from compiler.accuracy import AccuracyGuard, guard_quantization
-
-        candidate, preset = result.candidate, self.options.preset
+        """Compile, rule out by memory, evaluate, rule out by accuracy, time, rule out by latency."""
         try:
-            result.status = "compiling"
-            self._update()
-            began = time.monotonic()
-            imported = self._model_for(candidate)
-            guard = AccuracyGuard(self.eval_set.samples, self.eval_set.labels, self.options.max_drop, self.eval_set.source)
-            config, guard_report = guard_quantization(imported.mod, self._pipeline(candidate).for_preset(preset),
-                                                      guard if candidate.quantize else None)
-            result.kept_float = tuple(config.quantize.keep_float) if config.quantize else ()
-            artifact = self.work / candidate.name
-            manifest = compile_model(imported, CompileOptions(preset, config), artifact)
-            result.artifact, result.compile_s = artifact, time.monotonic() - began
-            result.library_sha256 = manifest.files[manifest.library]
-            twin = next((r for r in self.report.results if r is not result and r.library_sha256 == result.library_sha256), None)
-            if twin is not None:  # a flipped choice the model has nothing to apply to: nothing new to time
-                result.status, result.reason = "skipped", f"the same library as {twin.candidate.name}"
+            built = self._compile(result)
+            if built is None:
                 return
-            memory = manifest.memory or {}
-            result.weights_bytes, result.peak_activation_bytes = memory.get("weights_bytes"), memory.get("peak_activation_bytes")
-
-            result.status = "evaluating"
-            self._update()
-            began = time.monotonic()
-            outputs = self._eval_outputs(artifact, imported, config)
-            result.eval_s = time.monotonic() - began
-            self._score(result, outputs)
-            rejection = self._accuracy_or_memory_rejection(result)
-            if rejection:
+            imported, config = built
+            rejection = self._memory_rejection(result)
+            if rejection is None:
+                self._set(result, "evaluating")
+                began = time.monotonic()
+                outputs = self._eval_outputs(result.artifact, imported, config)
+                result.eval_s = time.monotonic() - began
+                self._score(result, outputs)
+                rejection = self._accuracy_rejection(result)
+            if rejection is None:
+                self._set(result, "timing")
+                self._time(result, result.artifact)
+                rejection = self._latency_rejection(result)
+            if rejection is not None:
                 result.status, result.reason = "rejected", rejection
                 return
-            result.status = "timing"
-            self._update()
-            self._time(result, artifact)
-            if self.options.latency_budget_ms is not None and result.latency_ms > self.options.latency_budget_ms:
-                result.status = "rejected"
-                result.reason = f"latency: p50 {result.latency_ms:.3g} ms over the budget of {self.options.latency_budget_ms:g} ms"
-                return
             result.status, result.config = "in band", config
-        except EdgecError as err:
+        except EdgecError as err:  # a device that died, a layer TVM rejects: this candidate only
             result.status, result.reason = "failed", f"{type(err).__name__}: {err}"
-            log.warning("candidate %s failed: %s", candidate.name, err)
+            log.warning("candidate %s failed: %s", result.candidate.name, err)
+
+    def _compile(self, result: CandidateResult):
+        """(imported model, resolved pipeline config) of the compiled candidate; None when its library is
+        byte for byte one already tried (a flipped choice the model has nothing to apply to)."""
+        from compiler.accuracy import AccuracyGuard, guard_quantization
+        from compiler.build import CompileOptions, compile_model
+
+        candidate, preset = result.candidate, self.options.preset
+        self._set(result, "compiling")
+        began = time.monotonic()
+        imported = self._model_for(candidate)
+        guard = AccuracyGuard(self.eval_set.samples, self.eval_set.labels, self.options.max_drop, self.eval_set.source)
+        config, _ = guard_quantization(imported.mod, self._pipeline(candidate).for_preset(preset),
+                                       guard if candidate.quantize else None)
+        result.kept_float = tuple(config.quantize.keep_float) if config.quantize else ()
+        result.artifact = self.work / candidate.name
+        manifest = compile_model(imported, CompileOptions(preset, config), result.artifact)
+        result.compile_s = time.monotonic() - began
+        result.library_sha256 = manifest.files[manifest.library]
+        memory = manifest.memory or {}
+        result.weights_bytes, result.peak_activation_bytes = memory.get("weights_bytes"), memory.get("peak_activation_bytes")
+        twin = next((r for r in self.report.results if r is not result and r.library_sha256 == result.library_sha256), None)
+        if twin is not None:
+            result.status, result.reason = "skipped", f"the same library as {twin.candidate.name}"
+            return None
+        return imported, config
+
+    def _set(self, result: CandidateResult, status: str) -> None:
+        result.status = status
+        self._update()
 
     def _pipeline(self, candidate: Candidate):
         from compiler.pipeline import PipelineConfig
@@ -417,14 +443,17 @@ class Optimizer:
         """The imported model, or the fine-tune hook's pruned model for `candidate.prune` (made once)."""
         key = (candidate.prune, True) if candidate.finetuned else (0.0, False)
         if key not in self.models:
-            hook = load_hook(self.options.finetune_hook)
-            suffix = self.model_path.suffix.lower()
-            path = Path(hook(candidate.prune, "l1", self.work / f"{self.model_path.stem}-prune{candidate.prune:g}-ft{suffix}"))
-            self.models[key] = load_model(path, dict(self.options.input_shapes))
-            self.model_files[key] = path
+            output = self.work / f"{self.model_path.stem}-prune{candidate.prune:g}-ft{self.model_path.suffix.lower()}"
+            try:
+                path = Path(self.hook(self.model_path, candidate.prune, "l1", output))
+            except Exception as err:  # noqa: BLE001  (the owner's code: its failure fails this candidate only)
+                raise InputError(f"--finetune-hook {self.options.finetune_hook} failed for ratio {candidate.prune:g}: "
+                                 f"{type(err).__name__}: {err}") from err
+            model = load_model(path, dict(self.options.input_shapes))
             reference = self.models[(0.0, False)]
-            if [s.shape for s in self.models[key].inputs] != [s.shape for s in reference.inputs]:
+            if [s.shape for s in model.inputs] != [s.shape for s in reference.inputs]:
                 raise InputError(f"--finetune-hook's model for ratio {candidate.prune:g} takes other inputs than '{self.model_path.name}'")
+            self.models[key], self.model_files[key] = model, path
         return self.models[key]
 
     def _eval_outputs(self, artifact: Path, imported: ImportedModel, config) -> list[np.ndarray]:
@@ -451,14 +480,23 @@ class Optimizer:
         result.ece = None if logits is None else expected_calibration_error(softmax(logits), labels, ECE_BINS)
         result.outputs = list(outputs)
 
-    def _accuracy_or_memory_rejection(self, result: CandidateResult) -> str | None:
+    def _memory_rejection(self, result: CandidateResult) -> str | None:
+        budget = self.options.max_memory_mb
+        if budget is not None and result.memory_bytes is not None and result.memory_bytes > budget * 1e6:
+            return f"memory: weights + peak activations {result.memory_bytes / 1e6:.3g} MB over the limit of {budget:g} MB"
+        return None
+
+    def _accuracy_rejection(self, result: CandidateResult) -> str | None:
         drop = self.report.reference["top1"] - result.top1
         if drop > self.options.max_drop + 1e-9:
             return (f"accuracy: top-1 {result.top1:.2%} is {drop * 100:.2f} points under the float model's, "
                     f"band {self.options.max_drop * 100:g}")
-        budget = self.options.max_memory_mb
-        if budget is not None and result.memory_bytes is not None and result.memory_bytes > budget * 1e6:
-            return (f"memory: weights + peak activations {result.memory_bytes / 1e6:.3g} MB over the limit of {budget:g} MB")
+        return None
+
+    def _latency_rejection(self, result: CandidateResult) -> str | None:
+        budget = self.options.latency_budget_ms
+        if budget is not None and result.latency_ms > budget:
+            return f"latency: p50 {result.latency_ms:.3g} ms over the budget of {budget:g} ms"
         return None
 
     def _time(self, result: CandidateResult, artifact: Path, tuned: bool = False) -> None:
@@ -485,6 +523,7 @@ class Optimizer:
         """Tune the `tune_best` fastest candidates in the band on the device, then re-time them."""
         from compiler.build import CompileOptions, compile_model
         from compiler.tuning import TuneOptions, tune_model
+        from compiler.tuning.database import RecordSources
 
         best = sorted((r for r in self.report.results if r.status == "in band"), key=_rank)[:self.options.tune_best]
         for result in best:
@@ -501,7 +540,10 @@ class Optimizer:
                                                  trials_per_iter=min(16, self.options.tune_trials),
                                                  remote=self.options.remote if self.options.device == "rpc" else None,
                                                  pipeline=result.config))
-                compile_model(imported, CompileOptions(self.options.preset, result.config), result.artifact)
+                # compiled again reading the records just made (the user's database, even after --untuned)
+                sources = result.config.tuning_log or RecordSources(shipped=False)
+                compile_model(imported, CompileOptions(self.options.preset, replace(result.config, tuning_log=sources)),
+                              result.artifact)
                 result.tune_s = time.monotonic() - began
                 self._time(result, result.artifact, tuned=True)
             except EdgecError as err:
@@ -522,19 +564,20 @@ class Optimizer:
         if self.options.device != "local" or fp32 is None or not contenders:
             return
         timed = [fp32, *contenders]
-        models = [open_model(r.artifact) for r in timed]
-        inputs = [random_inputs(m.manifest.inputs) for m in models]
         samples: list[list[float]] = [[] for _ in timed]
         per_round: list[list[float]] = [[] for _ in timed]
-        for round_index in range(rounds):
-            order = list(range(len(timed)))
-            order = order[round_index % len(order):] + order[:round_index % len(order)]
-            for i in order:
-                runs = max(10, int(min(MAX_RUNS, TIMING_S * 1e3 / max(timed[i].latency_ms, 1e-3))) // rounds)
-                models[i].latencies(inputs[i], repeat=3)  # warm its caches after the previous candidate
-                seconds = models[i].latencies(inputs[i], repeat=runs)
-                samples[i] += [s * 1e3 for s in seconds]
-                per_round[i].append(float(np.median(seconds)))
+        with contextlib.ExitStack() as stack:
+            models = [stack.enter_context(open_model(r.artifact)) for r in timed]
+            inputs = [random_inputs(m.manifest.inputs) for m in models]
+            for round_index in range(rounds):
+                order = list(range(len(timed)))
+                order = order[round_index % len(order):] + order[:round_index % len(order)]
+                for i in order:
+                    runs = max(10, int(min(MAX_RUNS, TIMING_S * 1e3 / max(timed[i].latency_ms, 1e-3))) // rounds)
+                    models[i].latencies(inputs[i], repeat=3)  # warm its caches after the previous candidate
+                    seconds = models[i].latencies(inputs[i], repeat=runs)
+                    samples[i] += [s * 1e3 for s in seconds]
+                    per_round[i].append(float(np.median(seconds)))
         for result, mine, rounds_ms in zip(timed, samples, per_round):
             field_p50, field_p90 = ("tuned_p50_ms", "tuned_p90_ms") if result.tuned_p50_ms is not None else ("p50_ms", "p90_ms")
             setattr(result, field_p50, float(np.percentile(mine, 50)))
@@ -546,10 +589,11 @@ class Optimizer:
 
         in_band = [r for r in self.report.results if r.status == "in band"]
         if not in_band:
+            stale = self.out_dir / MODEL_DIR
+            if (stale / "manifest.json").is_file():  # an earlier search's choice: not this one's
+                shutil.rmtree(stale)
             return
         chosen = min(in_band, key=_rank)
-        chosen.status = "chosen"
-        self.report.chosen = chosen
         source = self.model_files.get((chosen.candidate.prune, True)) if chosen.candidate.finetuned else None
         if source is not None:  # the artifact's source model: kept beside it, for `edgec evaluate`
             shutil.copyfile(source, self.out_dir / source.name)
@@ -558,6 +602,7 @@ class Optimizer:
             if source is not None:
                 _point_at_source(staging, self.out_dir / source.name)
             self.report.calibration = store_temperature(staging, chosen.outputs, self.eval_set)
+        chosen.status, self.report.chosen = "chosen", chosen
         self._update()
 
     # --- helpers ----------------------------------------------------------------------------------------
@@ -670,12 +715,16 @@ def write_reports(report: OptimizeReport, out_dir: Path) -> None:
     out_dir = Path(out_dir)
     write_bytes_atomic(out_dir / REPORT_JSON, (json.dumps(report.to_json(), indent=2) + "\n").encode())
     plotted = plot_pareto(report, out_dir / PLOT_PNG)
+    if not plotted:
+        (out_dir / PLOT_PNG).unlink(missing_ok=True)  # an earlier search's
     write_bytes_atomic(out_dir / REPORT_MD, markdown(report, PLOT_PNG if plotted else None).encode())
 
 
 def markdown(report: OptimizeReport, plot: str | None) -> str:
     reference = report.reference
     lines = [f"# edgec optimize: {Path(report.model).name} for {report.preset} on {report.device}", ""]
+    if not reference:
+        return "\n".join([*lines, "The search stopped before the float model was evaluated: no candidate was tried.", ""])
     if report.chosen is not None:
         speedup = report.speedup(report.chosen)
         lines.append(f"**Chosen: `{report.chosen.candidate.name}`**, "
@@ -740,7 +789,7 @@ def plot_pareto(report: OptimizeReport, path: Path) -> bool:
     if not timed:
         return False
     qemu = all(r.instructions is not None for r in timed)
-    x = (lambda r: r.instructions / 1e6) if qemu else (lambda r: r.latency_ms)
+    x = (lambda r: speed(r) / 1e6) if qemu else speed
     figure, axes = plt.subplots(figsize=(8, 5), dpi=110)
     for status, color in (("in band", "tab:blue"), ("chosen", "tab:blue"), ("rejected", "tab:red")):
         group = [r for r in timed if r.status == status]

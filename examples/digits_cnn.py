@@ -66,13 +66,13 @@ def train(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = DigitsCNN()
-            _fit(model, torch.from_numpy(x_tr), torch.from_numpy(y_tr), epochs, batch_size, lr)
+            fit(model, torch.from_numpy(x_tr), torch.from_numpy(y_tr), epochs, batch_size, lr)
     finally:
         torch.set_num_threads(prev_threads)
     return model.eval()
 
 
-def _fit(model: nn.Module, xs: Tensor, ys: Tensor, epochs: int, batch_size: int, lr: float,
+def fit(model: nn.Module, xs: Tensor, ys: Tensor, epochs: int, batch_size: int, lr: float,
          loss: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> None:
     """Minibatch Adam with a one-cycle schedule over shuffled batches drawn from torch's global RNG.
 

@@ -5,9 +5,11 @@ are scaled to SIZE x SIZE and repeated over 3 channels, and a zoo network (ResNe
 10 classes) is trained on the same stratified 75/25 split as the digits CNN. The result is a standard
 architecture with real top-1 accuracy to keep within a band, plus the files `edgec optimize` takes:
 
-    python -m examples.labelled_zoo --out models/         # resnet18 at 32x32: ~1-2 min on 2 cores
-    edgec optimize models/resnet18_digits.onnx --target x86-64 \\
-        --eval-data models/resnet18_digits_eval.npz --calibration-data models/resnet18_digits_calibration.npz -o out/
+    python -m examples.labelled_zoo --out models/     # resnet18 at 32x32, ~1-2 min on 2 cores; prints its files:
+    # models/resnet18_digits-32-e8-s0-<digest>/resnet18_digits{.onnx,_eval.npz,_calibration.npz}
+    edgec optimize models/resnet18_digits-*/resnet18_digits.onnx --target x86-64 \\
+        --eval-data models/resnet18_digits-*/resnet18_digits_eval.npz \\
+        --calibration-data models/resnet18_digits-*/resnet18_digits_calibration.npz -o out/
 
 The files are cached by name, size, epochs, seed and this file's source (`labelled_model`).
 """
@@ -71,7 +73,7 @@ def train(name: str, size: int = 32, epochs: int = 8, seed: int = 0) -> tuple[nn
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ARCHITECTURES[name](digits_cnn.NUM_CLASSES)
-        digits_cnn._fit(model, torch.from_numpy(x_tr), torch.from_numpy(y_tr), epochs, batch_size=64, lr=2e-3)
+        digits_cnn.fit(model, torch.from_numpy(x_tr), torch.from_numpy(y_tr), epochs, batch_size=64, lr=2e-3)
     model.eval()
     return model, digits_cnn.accuracy(model, x_te, y_te)
 

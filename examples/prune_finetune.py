@@ -122,7 +122,7 @@ def fine_tune(model: nn.Module, teacher: nn.Module | None = None, epochs: int = 
         torch.set_num_threads(1)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            digits_cnn._fit(model, torch.from_numpy(x_tr), torch.from_numpy(y_tr), epochs, batch_size, lr,
+            digits_cnn.fit(model, torch.from_numpy(x_tr), torch.from_numpy(y_tr), epochs, batch_size, lr,
                             loss=distillation_loss(teacher) if teacher is not None else None)
     finally:
         torch.set_num_threads(threads)
@@ -151,10 +151,11 @@ def run(
     return PruneFinetuneResult(tuple(tuple(k.tolist()) for k in kept), before, right_after, after, path, tuned)
 
 
-def finetune_hook(ratio: float, criterion: str, output: Path) -> Path:
+def finetune_hook(model: Path, ratio: float, criterion: str, output: Path) -> Path:
     """`edgec optimize --finetune-hook examples.prune_finetune:finetune_hook` for the digits example
-    (`python -m examples.export digits`, seed 0): the trained model pruned at `ratio` and fine-tuned,
-    written to `output` (.onnx or .pt2). A hook for another model does the same with its own recipe."""
+    (`python -m examples.export digits`, seed 0; `model` is its exported file, which a hook for another
+    model would load its weights from): the trained model pruned at `ratio` and fine-tuned, written to
+    `output` (.onnx or .pt2). A hook for another model does the same with its own recipe."""
     from examples.export import export_pt2
 
     result = run(PruneConfig(ratio, criterion), out=None, model=digits_cnn.train(0))

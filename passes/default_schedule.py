@@ -411,14 +411,24 @@ def _uses(expr: Any, var: Any) -> bool:
     return any(v.same_as(var) for v in undefined_vars(expr))
 
 
-def _pool_as_generic_rules_leave_it(sch: s_tir.Schedule, block: Any) -> list[s_tir.Schedule]:
+def _pool_rule(sch: s_tir.Schedule, block: Any) -> list[s_tir.Schedule]:
     """TOPI's pooling blocks name the rule "meta_schedule.pool_max"/"pool_avg", which TVM registers for
-    no CPU: MetaSchedule then logs a warning for every pool of every kernel it generates a space for,
-    and leaves the block as it is. This says the same without the warning."""
+    no CPU: MetaSchedule logged a warning for each and left the window loops innermost, so no loop
+    vectorized (ResNet-18's int8 3x3 max pool: 0.29 ms). Here the window loops move outside the
+    innermost output loop (channels in NHWC), which the postprocessor then vectorizes, with the outer
+    output loops parallel."""
+    realize = sch.get(block)
+    loops = sch.get_loops(block)
+    kinds = [iv.iter_type for iv in realize.iter_vars]
+    data_par, reduce = tvm.tirx.IterVar.DataPar, tvm.tirx.IterVar.CommReduce
+    split = kinds.index(reduce) if reduce in kinds else len(kinds)
+    if len(loops) != len(kinds) or split in (0, len(kinds)) or any(k != data_par for k in kinds[:split]) \
+            or any(k != reduce for k in kinds[split:]):
+        return [sch]  # not the pool nest TOPI writes: leave it to the postprocessor as it is
+    sch.reorder(*loops[split:], loops[split - 1])
     return [sch]
 
 
 # MetaSchedule looks a block's `schedule_rule` up as a global function per target key ("cpu": llvm)
 for _rule in ("meta_schedule.pool_max", "meta_schedule.pool_avg"):
-    if tvm.get_global_func(f"s_tir.meta_schedule.cpu.{_rule}", allow_missing=True) is None:
-        tvm.register_global_func(f"s_tir.meta_schedule.cpu.{_rule}", _pool_as_generic_rules_leave_it)
+    tvm.register_global_func(f"s_tir.meta_schedule.cpu.{_rule}", _pool_rule, override=True)

@@ -12,7 +12,10 @@ Weights are symmetric per output channel (s_w[c] = max|W[c]| / 127); activations
 the range from calibration: `minmax` (largest magnitude seen), `percentile` (of magnitudes, default
 99.99) or `entropy` (the clipping threshold whose 8-bit histogram has the least KL divergence from
 the float one, as TensorRT calibrates). Once a tensor is quantized, its other readers (a residual
-add, a pool) read the dequantized int8 value, so the float tensor is not kept alive beside it.
+add, a pool) read the dequantized int8 value, so the float tensor is not kept alive beside it. A layer
+input made by a max pool, reshape or transpose is quantized before it instead (`max_pool(q(x))` is
+`q(max_pool(x))`: max commutes with the monotonic quantize), so that the producer's kernel writes int8
+and the pool or copy moves a quarter of the bytes.
 After operator fusion the rescale, bias, activation and the next layer's quantize sit in the integer
 kernel's epilogue: between quantized layers activations travel as int8.
 """
@@ -34,6 +37,10 @@ from compiler.errors import EdgecError
 
 METHODS = ("minmax", "percentile", "entropy")
 _QUANTIZABLE = {"relax.nn.conv2d": "conv2d", "relax.matmul": "matmul"}
+# Ops that give the same values applied to the quantized tensor as quantized after them: data movement,
+# and max pooling (max commutes with a monotonic quantize; its padding, the dtype's lowest value, stays
+# below every value as -inf does). A layer input made by one is quantized before it instead.
+_COMMUTES_WITH_QUANTIZE = frozenset({"relax.nn.max_pool2d", "relax.reshape", "relax.permute_dims"})
 _SAMPLE_VALUES = 1 << 21  # magnitudes kept per tensor for percentile/entropy (strided subsample beyond)
 
 
@@ -465,6 +472,7 @@ class _Quantizer(relax.PyExprMutator):
         self.form = form
         self.failures: dict[str, str] = {}
         self.quantized: dict[tuple, relax.Var] = {}  # (float tensor, scale, dtype, zero point) -> integer version
+        self.bound = {binding.var: binding.value for block in mod["main"].body.blocks for binding in block.bindings}
 
     def run(self) -> tvm.IRModule:
         main = self.mod_.get_global_var("main")
@@ -537,13 +545,19 @@ class _Quantizer(relax.PyExprMutator):
         key = (tensor, scale, dtype, zero_point)
         if key in self.quantized:
             return self.quantized[key]
-        low, high = (0, 255) if dtype == "uint8" else (-128, 127)
-        value = self.visit_expr(tensor)
-        scaled = relax.op.multiply(value, _broadcast_constant(1.0 / scale, tensor))
-        if zero_point:
-            scaled = relax.op.add(relax.op.round(scaled), _broadcast_constant(float(zero_point), tensor))
-        quantized = self.builder_.emit(relax.op.astype(relax.op.clip(relax.op.round(scaled), low, high), dtype),
-                                       name_hint=f"{tensor.name}_q")
+        moved = self.bound.get(tensor)
+        if isinstance(moved, relax.Call) and getattr(moved.op, "name", "") in _COMMUTES_WITH_QUANTIZE:
+            source = self._quantize(moved.args[0], scale, dtype, zero_point)
+            quantized = self.builder_.emit(relax.Call(moved.op, [source, *moved.args[1:]], moved.attrs),
+                                           name_hint=f"{tensor.name}_q")
+        else:
+            low, high = (0, 255) if dtype == "uint8" else (-128, 127)
+            value = self.visit_expr(tensor)
+            scaled = relax.op.multiply(value, _broadcast_constant(1.0 / scale, tensor))
+            if zero_point:
+                scaled = relax.op.add(relax.op.round(scaled), _broadcast_constant(float(zero_point), tensor))
+            quantized = self.builder_.emit(relax.op.astype(relax.op.clip(relax.op.round(scaled), low, high), dtype),
+                                           name_hint=f"{tensor.name}_q")
         self.quantized[key] = quantized
         if isinstance(tensor, relax.DataflowVar):
             as_float = relax.op.astype(quantized, "float32")

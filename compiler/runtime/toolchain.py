@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -255,6 +256,9 @@ def run_runner(
         raise RunnerError(f"the {arch} runner did not finish within {timeout:g} s; pass a larger timeout") from None
     if result.returncode == 2:
         raise RunnerError(_last_line(result.stderr) or f"the {arch} runner failed with exit code 2")
+    if result.returncode < 0:  # killed: the device (or the emulator) died under it, as an OOM kill does
+        raise RunnerError(f"the {arch} runner was killed by {signal.Signals(-result.returncode).name}; "
+                          f"{_last_line(result.stderr) or 'no message'}")
     if result.returncode != 0:
         raise RuntimeError(f"the {arch} runner crashed (exit code {result.returncode}):\n{result.stderr}")
     outputs = [np.load(path) for path in _output_files(output_dir)]

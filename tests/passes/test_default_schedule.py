@@ -135,3 +135,33 @@ def test_the_default_is_a_point_of_metaschedules_design_space(cpu):
     replay = tvm.s_tir.Schedule(kernel_module(conv))
     sch.trace.apply_to_schedule(replay, remove_postproc=False)
     tvm.ir.assert_structural_equal(replay.mod, sch.mod)
+
+
+def _pool(size: int, channels: int):
+    @tvm.script.ir_module
+    class Module:
+        @R.function
+        def main(x: R.Tensor((1, size, size, channels), "float32")):
+            with R.dataflow():
+                y = R.nn.max_pool2d(x, pool_size=(3, 3), strides=(2, 2), padding=(1, 1), layout="NHWC")
+                R.output(y)
+            return y
+
+    return Module
+
+
+def test_a_pool_vectorizes_over_channels_and_a_kernel_too_small_to_split_runs_on_one_thread():
+    """TOPI's pool names a schedule rule no CPU had: its window loops stayed innermost, nothing
+    vectorized. Now the channel loop is the vector loop; kernels under SERIAL_FLOPS run serially
+    (waking the thread pool cost more than splitting them saved)."""
+    from passes.default_schedule import SERIAL_FLOPS
+
+    for size, parallel in ((56, True), (8, False)):
+        assert (((size // 2) ** 2 * 64 * 9) >= SERIAL_FLOPS) == parallel
+        scheduled = _scheduled(_pool(size, 64), AVX512)
+        text = next(f for name, f in _kernels(scheduled).items() if "pool" in name).script()
+        window = text.index("for rv0, rv1 in T.grid(T.int64(3), T.int64(3)):")
+        assert "T.vectorized(T.int64(64))" in text[window:], text  # channels innermost, under the window
+        assert ("T.parallel(" in text) == parallel, text
+        x = np.random.default_rng(4).standard_normal((1, size, size, 64)).astype("float32")
+        np.testing.assert_array_equal(_run(_prepacked(scheduled), x), _run(fuse_for_cpu(_pool(size, 64)), x))

@@ -236,3 +236,23 @@ def test_weight_levels_bound_the_integer_weights(digits):
     quantized, _ = _quantized(mod, calibration, form=IntegerForm(weight_levels=63))
     for call in _integer_calls(quantized):
         assert np.abs(call.args[1].value.numpy()).max() == 63
+
+
+def test_a_max_pool_or_reshape_before_a_quantized_layer_moves_the_integers(digits):
+    """max and data movement commute with the monotonic quantize: the pools and the flatten read the
+    int8 tensors their producers' kernels write (a quarter of the float bytes), and the layers after
+    read their integers directly."""
+    mod, calibration, x_test, _ = digits
+    quantized, _ = _quantized(mod, calibration)
+    pools = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.nn.max_pool2d":
+            pools.append(expr)
+
+    relax.analysis.post_order_visit(quantized["main"], visit)
+    assert len(pools) == 2 and {str(pool.ty.dtype) for pool in pools} == {"uint8"}
+    bound = {b.var: b.value for block in quantized["main"].body.blocks for b in block.bindings}
+    inputs = [bound[call.args[0]] for call in _integer_calls(quantized)]
+    assert [getattr(value.op, "name", "") for value in inputs[2:]] == ["relax.nn.max_pool2d", "relax.reshape"]
+    assert str(bound[inputs[3].args[0]].op.name) == "relax.nn.max_pool2d"  # the flatten of the second pool
