@@ -25,7 +25,8 @@ and engines do not slow down alike (compiler.bench.paired_latencies). Sections:
   the estimated latency to get within 10% of its final value;
 - int8: ResNet-18 and MobileNetV2 int8 (edgec PTQ on the CPU's dot-product kernels), zero-trial,
   against edgec fp32 (zero-trial) and onnxruntime's static int8 QDQ model with the same calibration
-  data, on every x86 preset this CPU runs (x86-avx512: VNNI; x86-64: AVX2); where the shipped
+  data, and onnxruntime's QDQ model compiled by edgec (pre-quantized input), on every x86 preset
+  this CPU runs (x86-avx512: VNNI; x86-64: AVX2); where the shipped
   records tune some of its int8 kernels, a second run of the int8 and fp32 builds with the records
   (tuned against tuned) against the same onnxruntime models; and the int8 architecture matrix
   (examples/int8_matrix.py), zero-trial int8 against zero-trial fp32;
@@ -313,7 +314,8 @@ INT8_MODELS = ("resnet18", "mobilenetv2")
 def int8_section(work: Path, args) -> list[dict]:
     """int8 (edgec PTQ, the preset's dot-product kernels) against edgec fp32 and onnxruntime's static
     int8 QDQ model (same calibration data), per model and per x86 preset this CPU runs; zero-trial
-    (no records) and, where the preset's records cover the int8 kernels, tuned."""
+    (no records) and, where the preset's records cover the int8 kernels, tuned. The QDQ model compiled
+    by edgec (zero-trial) runs in the zero-trial rounds: pre-quantized models get the same kernels."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from examples.export import example_model, export_onnx
@@ -348,12 +350,16 @@ def int8_section(work: Path, args) -> list[dict]:
                                                quantize=config),
                           "int8 records": compile_onnx(onnx_path, work / f"{name}-{preset.name}-int8-records", preset,
                                                        quantize=config),
-                          "fp32 records": compile_onnx(onnx_path, work / f"{name}-{preset.name}-fp32-records", preset)}
+                          "fp32 records": compile_onnx(onnx_path, work / f"{name}-{preset.name}-fp32-records", preset),
+                          # onnxruntime's own QDQ file, compiled as a user who quantized with it would
+                          "int8 from QDQ": compile_onnx(ort_int8, work / f"{name}-{preset.name}-qdq", preset,
+                                                        tuning_log=None)}
             manifest = json.loads((builds["int8"] / "manifest.json").read_text())
             on_dot = sum("+" in source for source in manifest["schedules"].values())
             tuned = json.loads((builds["int8 records"] / "manifest.json").read_text())["tuning"]
             ort = [onnxruntime_engine(ort_int8, x, "onnxruntime int8"), onnxruntime_engine(onnx_path, x, "onnxruntime fp32")]
-            engines = [edgec_engine(builds["int8"], x, "edgec int8"), edgec_engine(builds["fp32"], x, "edgec fp32"), *ort]
+            engines = [edgec_engine(builds["int8"], x, "edgec int8"), edgec_engine(builds["fp32"], x, "edgec fp32"),
+                       edgec_engine(builds["int8 from QDQ"], x, "edgec on the QDQ model"), *ort]
             with console.status(f"timing {name} int8 on {preset.name}, zero-trial"):
                 timed = paired(engines, "edgec int8", args.rounds, args.runs)
             row = {"model": name, "preset": preset.name,
@@ -361,6 +367,7 @@ def int8_section(work: Path, args) -> list[dict]:
                    **{f"{k} ms": v * 1e3 for k, v in timed.median_s.items()},
                    **_ratio_cells("edgec fp32 / edgec int8", timed.relative["edgec fp32"]),
                    **_ratio_cells("onnxruntime int8 / edgec int8", timed.relative["onnxruntime int8"]),
+                   **_ratio_cells("edgec on the QDQ model / edgec int8", timed.relative["edgec on the QDQ model"]),
                    "int8 kernels tuned": f"{tuned['tuned']} of {tuned['tasks']}" if tuned else "0"}
             if tuned and tuned["tuned"]:  # both edgec builds with the shipped records, in a run of their own
                 engines = [edgec_engine(builds["int8 records"], x, "edgec int8 tuned"),

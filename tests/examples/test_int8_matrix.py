@@ -112,3 +112,44 @@ def test_by_default_only_layers_int8_speeds_up_are_quantized(preset_name, int8_l
     assert all(layer.note.startswith("kept float: int8 would not be faster") for layer in report.layers if not layer.quantized)
     every = QuantizeConfig(calibration, "percentile", every_layer=True)
     assert PipelineConfig(quantize=every).for_preset(resolve_target(preset_name)).quantize.payoff is None
+
+
+def test_an_onnxruntime_qdq_model_compiles_to_the_kernels_of_edgecs_own_int8(exported, tmp_path):
+    """Pre-quantized input (onnxruntime's quantize_static, QDQ): the residual block's Q/DQ pairs do not
+    survive as kernels of their own, every conv runs on the dot product, the kernel count is that of
+    edgec's own int8 build of the float model, and the outputs are onnxruntime's on the QDQ model."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    preset = resolve_target("x86-64")
+    source = exported("mobile-block")
+    calibration = matrix_inputs(16, seed=2)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.samples = iter({"input": x[None]} for x in calibration)
+
+        def get_next(self):
+            return next(self.samples, None)
+
+    quantized = tmp_path / "mobile-block-qdq.onnx"
+    quantize_static(str(source), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    builds = {}
+    for name, path, quantize in (
+            ("qdq", quantized, None),
+            ("own", source, QuantizeConfig(tuple({"input": x[None]} for x in calibration), "percentile", every_layer=True))):
+        builds[name] = tmp_path / name
+        compile_model(load_model(path), CompileOptions(preset, PipelineConfig(tuning_log=None, quantize=quantize)),
+                      builds[name])
+    schedules = {name: json.loads((out / "manifest.json").read_text())["schedules"] for name, out in builds.items()}
+    assert not [kernel for kernel in schedules["qdq"] if "quantize" in kernel], schedules["qdq"]
+    assert len(schedules["qdq"]) == len(schedules["own"])
+    on_dot = [kernel for kernel, source in schedules["qdq"].items() if source.endswith("+ avx2")]
+    assert len(on_dot) == len([k for k, source in schedules["own"].items() if source.endswith("+ avx2")]) >= 3
+    inputs = matrix_inputs(TEST_INPUTS, seed=3)
+    session = onnxruntime.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
+    reference = np.concatenate([session.run(None, {"input": x[None]})[0] for x in inputs])
+    model = open_model(builds["qdq"])
+    ours = np.concatenate([model.run({"input": x[None]})["output"] for x in inputs])
+    assert float(10 * np.log10(np.sum(reference ** 2) / np.sum((ours - reference) ** 2))) >= MIN_SQNR_DB
+    assert float((reference.argmax(1) == ours.argmax(1)).mean()) >= MIN_TOP1_AGREEMENT

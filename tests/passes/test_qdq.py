@@ -86,3 +86,40 @@ def test_a_float_model_passes_unchanged(example):
     assert lower_qdq_to_integer(reports.append)(mod).same_as(mod) or tvm.ir.structural_equal(
         lower_qdq_to_integer()(mod), mod)
     assert reports[0].layers == ()
+
+
+@pytest.mark.parametrize("name", ["mobile-block", "shuffle-mix"])
+def test_qdq_pairs_off_the_layers_become_clamps_and_match_onnxruntime(name, tmp_path):
+    """Residual adds, ReLU6s onnxruntime folded into a pair's range, concat, shuffle, pooling: no Q/DQ
+    pair is left to split the kernels, and the model still computes what onnxruntime's QDQ model does."""
+    import onnxruntime
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from examples.int8_matrix import export_matrix_model, matrix_inputs
+
+    source = export_matrix_model(name, tmp_path / f"{name}.onnx")
+    calibration = matrix_inputs(16, seed=2)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.samples = iter({"input": c[None]} for c in calibration)
+
+        def get_next(self):
+            return next(self.samples, None)
+
+    quantized = tmp_path / f"{name}-qdq.onnx"
+    quantize_static(str(source), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    _, after, report = _lowered(quantized)
+    ops = set()
+    relax.analysis.post_order_visit(after["main"], lambda e: isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op)
+                                    and ops.add(e.op.name))
+    assert not ops & {"relax.quantize", "relax.dequantize"}, sorted(ops)
+    assert "relax.clip" in ops
+    assert all(data in ("uint8", "int8") for data, _, _ in _layers(after)) and len(report.layers) == len(_layers(after))
+    x = matrix_inputs(32, seed=3)
+    session = onnxruntime.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
+    theirs = [session.run(None, {"input": sample[None]})[0][0] for sample in x]
+    ours = [output[0] for output in _outputs(after, x)]
+    assert sqnr_db(ours, theirs) > 25
+    assert np.mean([o.argmax() == t.argmax() for o, t in zip(ours, theirs)]) >= 0.9
