@@ -25,7 +25,7 @@ import tvm.relax.backend.gpu_generic.pipeline  # noqa: F401
 from compiler.errors import PhaseError
 from compiler.tuning.database import RecordSources
 from passes import (Int8Payoff, IntegerForm, LayoutConfig, PruneConfig, QuantizeConfig, WinogradConfig, convert_layout,
-                    default_schedules, depthwise_rule, fast_math, lower_qdq_to_integer, prune_channels, quantize_int8,
+                    default_schedules, depthwise_rule, fast_math, fold_requantize, lower_qdq_to_integer, prune_channels, quantize_int8,
                     simplify_for_inference, winograd_conv2d)
 from passes.dot_product import int8_dot_product
 
@@ -188,6 +188,9 @@ def _phases_to_tuning_point(config: PipelineConfig, target: tvm.target.Target,
                             config.quantize.to_json()))
     phases.append(Phase("layout", (convert_layout(layout_config),), {"layout": layout_config.layout,
                                                                      "chosen_by": layout_config.chosen_by}))
+    # after layout (its clamps are maximum/minimum): each integer layer's epilogue and the next
+    # layer's quantize as one affine map and clamp; a float model passes unchanged
+    phases.append(Phase("fold-requantize", (fold_requantize(),)))
     if config.winograd is not None:
         # after layout: only NCHW float convs qualify, and they must be final before legalization. A
         # disabled phase stays in the list so that the manifest says who disabled it.

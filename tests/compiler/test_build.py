@@ -174,12 +174,12 @@ def test_manifest_records_interface_target_versions_passes_and_hashes(compiled):
     assert data["versions"]["tvm"] == "0.27.0.post1" and data["versions"]["tvm_ffi"] == "0.1.14.post0"
     assert data["model"]["format"] == "onnx" and data["model"]["opset"] == 17 and len(data["model"]["sha256"]) == 64
     phases = [p["phase"] for p in data["passes"]]
-    assert phases == ["simplify", "lower-qdq", "layout", "winograd", "fast-math", "dispatch", "legalize-fuse", "depthwise-rule",
+    assert phases == ["simplify", "lower-qdq", "layout", "fold-requantize", "winograd", "fast-math", "dispatch", "legalize-fuse", "depthwise-rule",
                       "mark-prepack", "default-schedules", "prepack-weights", "lower", "finalize"]
     assert "simplify_for_inference" in data["passes"][0]["passes"]
     assert data["passes"][1]["report"] == {"integer_layers": 0, "layers": []}  # a float model
     assert data["passes"][2]["settings"] == {"layout": "NCHW", "chosen_by": "preset"}
-    assert data["passes"][3] == {"phase": "winograd", "passes": [], "settings": {  # off for host: the preset's choice
+    assert data["passes"][4] == {"phase": "winograd", "passes": [], "settings": {  # off for host: the preset's choice
         "enabled": False, "tile": "per layer", "min_channels": 16, "min_macs": 10_000_000, "min_tiles": 16,
         "macs_per_byte": 6.0, "chosen_by": "preset"}}
     # conv + bias + relu (and the rest) fused: fewer kernels than operators
@@ -195,13 +195,13 @@ def test_dump_ir_writes_the_module_after_every_phase(example, tmp_path):
     options = CompileOptions(resolve_target("host"), PipelineConfig(dump_ir=ir_dir))
     compile_model(load_model(example("digits").onnx), options, tmp_path / "out")
     dumps = sorted(p.name for p in ir_dir.iterdir())
-    assert dumps == ["00-imported.py", "01-simplify.py", "02-lower-qdq.py", "03-layout.py", "04-winograd.py",
-                     "05-fast-math.py", "06-dispatch.py", "07-legalize-fuse.py", "08-depthwise-rule.py",
-                     "09-mark-prepack.py", "10-default-schedules.py", "11-prepack-weights.py", "12-lower.py",
-                     "13-finalize.py"]
+    assert dumps == ["00-imported.py", "01-simplify.py", "02-lower-qdq.py", "03-layout.py", "04-fold-requantize.py",
+                     "05-winograd.py", "06-fast-math.py", "07-dispatch.py", "08-legalize-fuse.py", "09-depthwise-rule.py",
+                     "10-mark-prepack.py", "11-default-schedules.py", "12-prepack-weights.py", "13-lower.py",
+                     "14-finalize.py"]
     assert "R.nn.conv2d" in (ir_dir / "00-imported.py").read_text()
-    assert "R.nn.conv2d" not in (ir_dir / "07-legalize-fuse.py").read_text()  # lowered to TIR
-    assert "layout_free_buffers" in (ir_dir / "09-mark-prepack.py").read_text()
+    assert "R.nn.conv2d" not in (ir_dir / "08-legalize-fuse.py").read_text()  # lowered to TIR
+    assert "layout_free_buffers" in (ir_dir / "10-mark-prepack.py").read_text()
 
 
 def test_failed_compile_leaves_nothing_behind(tmp_path):
