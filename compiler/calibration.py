@@ -18,9 +18,7 @@ import numpy as np
 
 from compiler.artifact import Manifest, read_manifest, write_manifest
 from compiler.errors import EdgecError, InputError
-from compiler.evaluate import (
-    ECE_BINS, Runner, as_logits, expected_calibration_error, fit_temperature, is_class_scores, softmax,
-)
+from compiler.evaluate import ECE_BINS, Runner, class_logits, expected_calibration_error, fit_temperature, softmax
 
 if TYPE_CHECKING:
     from compiler.runtime import RemoteSpec
@@ -45,6 +43,13 @@ def calibrate_artifact(artifact: Path, samples: Sequence[Mapping[str, np.ndarray
             outputs = [next(iter(model.run(sample).values())) for sample in samples]
     else:
         outputs = [list(run(sample))[0] for sample in samples]
+    return store_calibration(artifact, outputs, labels, eval_source, manifest)
+
+
+def store_calibration(artifact: Path, outputs: Sequence[np.ndarray], labels: np.ndarray, eval_source: str,
+                      manifest: Manifest | None = None) -> dict[str, Any]:
+    """Fit T on outputs the artifact already gave (its first output per sample) and store the record."""
+    manifest = manifest or read_manifest(artifact)
     record = calibration_record(outputs, labels, manifest.outputs[0].name, eval_source)
     write_manifest(artifact, dataclasses.replace(manifest, calibration=record))
     return record
@@ -53,11 +58,11 @@ def calibrate_artifact(artifact: Path, samples: Sequence[Mapping[str, np.ndarray
 def calibration_record(outputs: Sequence[np.ndarray], labels: np.ndarray, output: str, eval_source: str
                        ) -> dict[str, Any]:
     """The manifest's `calibration` field from the first output of every sample and their labels."""
-    if not is_class_scores(outputs):
+    logits = class_logits(outputs)
+    if logits is None:
         shape = "x".join(map(str, outputs[0].shape)) if len(outputs) else "none"
         raise InputError(f"output '{output}' ({shape}) is not one vector of class scores per sample; "
                          "temperature scaling applies to classifiers")
-    logits = as_logits(np.stack([o.reshape(-1) for o in outputs]))
     temperature = fit_temperature(logits, labels)
     return {
         "temperature": temperature,

@@ -779,9 +779,9 @@ def optimize_command(
         with console.status(f"importing {model.name}"):
             from compiler.frontends import load_model
 
-            specs = load_model(model, shapes).inputs
-        samples, labels = load_eval_data(eval_data, specs)
-        calibration, _ = load_eval_data(calibration_data, specs, what="calibration data")
+            imported = load_model(model, shapes)
+        samples, labels = load_eval_data(eval_data, imported.inputs)
+        calibration, _ = load_eval_data(calibration_data, imported.inputs, what="calibration data")
         options = OptimizeOptions(
             preset, max_accuracy_drop, tuple(calibration), str(calibration_data), device=kind, remote=remote,
             latency_budget_ms=latency_budget, max_memory_mb=max_memory,
@@ -793,9 +793,9 @@ def optimize_command(
         eval_set = EvalSet(tuple(samples), labels, str(eval_data))
         if console.is_terminal:
             with Live(console=console, refresh_per_second=4, transient=False) as live:
-                report = optimize(model, options, eval_set, output, lambda r: live.update(_optimize_table(r)))
+                report = optimize(model, options, eval_set, output, lambda r: live.update(_optimize_table(r)), imported)
         else:  # a log, not a redrawn table: one line per candidate as it is settled
-            report = optimize(model, options, eval_set, output, _OptimizeLog())
+            report = optimize(model, options, eval_set, output, _OptimizeLog(), imported)
             console.print(_optimize_table(report, reasons=False))  # the log lines above gave them
     _print_optimize_summary(report, output)
     if report.chosen is None:

@@ -159,6 +159,14 @@ def as_logits(scores: np.ndarray) -> np.ndarray:
     return scores
 
 
+def class_logits(outputs: Sequence[np.ndarray]) -> np.ndarray | None:
+    """One output per sample as an (N, classes) logit matrix (`as_logits`), or None when they are not
+    class scores (`is_class_scores`)."""
+    if not is_class_scores(outputs):
+        return None
+    return as_logits(np.stack([np.asarray(o).reshape(-1) for o in outputs]))
+
+
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """ECE (Guo et al. 2017): confidences (max probability) in equal-width bins (lo, hi]; the mean over
     samples of |accuracy - mean confidence| of each sample's bin."""

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from compiler.errors import EdgecError, InputError
-from compiler.evaluate import (ECE_BINS, as_logits, expected_calibration_error, is_class_scores, reference_runner,
+from compiler.evaluate import (ECE_BINS, class_logits, expected_calibration_error, reference_runner,
                                softmax, sqnr_db, top1)
 from compiler.frontends import ImportedModel, load_model
 from compiler.runtime import RemoteSpec
@@ -296,7 +296,7 @@ class Optimizer:
     changes, for a live display."""
 
     def __init__(self, model_path: Path, options: OptimizeOptions, eval_set: EvalSet, out_dir: Path,
-                 on_update: Callable[[OptimizeReport], None] | None = None):
+                 on_update: Callable[[OptimizeReport], None] | None = None, imported: ImportedModel | None = None):
         from compiler.tuning.provenance import cpu_name
 
         self.model_path = Path(model_path)
@@ -307,7 +307,7 @@ class Optimizer:
         self.started = time.monotonic()
         self.hook = load_hook(options.finetune_hook) if options.finetune_hook else None  # a typo fails now, not later
         self.work = Path(tempfile.mkdtemp(prefix=".edgec-optimize-", dir=self._prepare_out_dir()))
-        self.models: dict[tuple[float, bool], ImportedModel] = {}
+        self.models: dict[tuple[float, bool], ImportedModel] = {} if imported is None else {(0.0, False): imported}
         self.model_files: dict[tuple[float, bool], Path] = {}  # the fine-tune hook's models
         self.report = OptimizeReport(model=str(self.model_path), preset=options.preset.name, device=self._device_name(),
                                      options=_options_json(options), reference={}, results=[], cpu=cpu_name())
@@ -324,7 +324,7 @@ class Optimizer:
     # --- the search -------------------------------------------------------------------------------------
 
     def _search(self) -> None:
-        imported = load_model(self.model_path, dict(self.options.input_shapes))
+        imported = self.models.get((0.0, False)) or load_model(self.model_path, dict(self.options.input_shapes))
         self.models[(0.0, False)] = imported
         self._reference(imported)
         self.report.results = [CandidateResult(c) for c in candidates(self.options, self.options.preset)]
@@ -350,7 +350,7 @@ class Optimizer:
         run = reference_runner(self.model_path, imported.inputs)
         outputs = [np.asarray(run(sample)[0]) for sample in self.eval_set.samples]
         self.reference_outputs = outputs
-        logits = _logits(outputs)
+        logits = class_logits(outputs)
         classes = outputs[0].size
         if logits is not None and int(self.eval_set.labels.max()) >= classes:
             raise InputError(f"evaluation data '{self.eval_set.source}': label {int(self.eval_set.labels.max())} is not "
@@ -476,7 +476,7 @@ class Optimizer:
         result.top1 = float((ours == labels).mean())
         result.agreement = float((ours == top1(reference)).mean())
         result.sqnr_db = sqnr_db(outputs, reference)
-        logits = _logits(outputs)
+        logits = class_logits(outputs)
         result.ece = None if logits is None else expected_calibration_error(softmax(logits), labels, ECE_BINS)
         result.outputs = list(outputs)
 
@@ -642,25 +642,14 @@ def _rank(result: CandidateResult) -> tuple[float, float]:
     return result.latency_ms, -(result.top1 or 0.0)
 
 
-def _logits(outputs: Sequence[np.ndarray]) -> np.ndarray | None:
-    """The first outputs as an (N, classes) logit matrix, or None when they are not class scores."""
-    if not is_class_scores(outputs):
-        return None
-    return as_logits(np.stack([np.asarray(o).reshape(-1) for o in outputs]))
-
-
 def store_temperature(artifact: Path, outputs: Sequence[np.ndarray], eval_set: EvalSet) -> dict[str, Any] | None:
     """Fit a softmax temperature on the evaluation outputs and record it in the artifact's manifest
     (classifiers only: None for other outputs)."""
-    from compiler.artifact import read_manifest, write_manifest
-    from compiler.calibration import calibration_record
+    from compiler.calibration import store_calibration
 
-    if not is_class_scores(outputs):
+    if class_logits(outputs) is None:
         return None
-    manifest = read_manifest(artifact)
-    record = calibration_record(outputs, eval_set.labels, manifest.outputs[0].name, eval_set.source)
-    write_manifest(artifact, replace(manifest, calibration=record))
-    return record
+    return store_calibration(artifact, outputs, eval_set.labels, eval_set.source)
 
 
 def _point_at_source(artifact: Path, model: Path) -> None:
@@ -699,9 +688,11 @@ def _options_json(options: OptimizeOptions) -> dict[str, Any]:
 
 
 def optimize(model_path: Path, options: OptimizeOptions, eval_set: EvalSet, out_dir: Path,
-             on_update: Callable[[OptimizeReport], None] | None = None) -> OptimizeReport:
-    """Search the candidates (module docstring); the reports are in `out_dir` whatever happens."""
-    return Optimizer(model_path, options, eval_set, out_dir, on_update).run()
+             on_update: Callable[[OptimizeReport], None] | None = None,
+             imported: ImportedModel | None = None) -> OptimizeReport:
+    """Search the candidates (module docstring); the reports are in `out_dir` whatever happens.
+    `imported`: the model at `model_path` already imported with `options.input_shapes` (else imported here)."""
+    return Optimizer(model_path, options, eval_set, out_dir, on_update, imported).run()
 
 
 # --- reports ------------------------------------------------------------------------------------------------

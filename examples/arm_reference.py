@@ -34,8 +34,12 @@ from pathlib import Path
 import numpy as np
 
 from compiler.errors import ToolchainError
-from compiler.runtime.instructions import WARM_RUNS, InstructionCount, build_plugin
+from compiler.runtime.instructions import InstructionCount, steady_state_instructions
 from compiler.runtime.toolchain import cache_dir
+
+# `pip download` of wheels for the sysroot's interpreter: CPython 3.11 (Debian 12) on aarch64 glibc
+_PIP_DOWNLOAD_AARCH64 = (sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version",
+                         "3.11", *(a for p in ("manylinux_2_28_aarch64", "manylinux2014_aarch64") for a in ("--platform", p)))
 
 PYTHON = "python3.11"
 # Python 3.11 and the shared libraries its standard library and onnxruntime load (Debian 12, arm64)
@@ -83,9 +87,7 @@ def sysroot() -> Path:
         for deb in sorted(debs.glob("*.deb")):
             _run(["dpkg", "-x", str(deb), str(staging)], staging, f"dpkg -x {deb.name} failed")
         wheels = staging / "wheels"
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
-              *(a for p in ("manylinux_2_28_aarch64", "manylinux2014_aarch64") for a in ("--platform", p)),
-              "-d", str(wheels), *(f"{n}=={v}" for n, v in versions.items())], staging,
+        _run([*_PIP_DOWNLOAD_AARCH64, "-d", str(wheels), *(f"{n}=={v}" for n, v in versions.items())], staging,
              "the aarch64 wheels of onnxruntime and numpy could not be downloaded from PyPI")
         for wheel in wheels.glob("*.whl"):
             with zipfile.ZipFile(wheel) as archive:
@@ -108,25 +110,24 @@ def count_onnxruntime(model: Path, inputs: list[np.ndarray], cpu: str, runs: int
     """onnxruntime aarch64's guest instructions per inference of `model` (1 thread, qemu -cpu `cpu`),
     as edgec's runner is counted: (count after 2 + runs inferences - count after 2) / runs; and its output."""
     root = sysroot()
-    plugin = build_plugin()
-    counts = []
     with tempfile.TemporaryDirectory(prefix="edgec-ort-") as work:
         paths = [str(Path(work, f"input{i}.npy")) for i in range(len(inputs))]
         for path, array in zip(paths, inputs):
             np.save(path, array)
         driver = Path(work, "driver.py")
         driver.write_text(_DRIVER)
-        for index, total in enumerate((WARM_RUNS, WARM_RUNS + runs)):
-            out = Path(work, f"count{index}")
-            command = ["qemu-aarch64", "-L", str(root), "-cpu", cpu, "-plugin", f"file={plugin},out={out}",
+
+        def run(plugin: list[str], total: int) -> None:
+            command = ["qemu-aarch64", "-L", str(root), "-cpu", cpu, *plugin,
                        "-E", f"PYTHONPATH={root / 'site'}", "-E", "OMP_NUM_THREADS=1",
                        str(root / "usr" / "bin" / PYTHON), str(driver), str(Path(model).absolute()), str(total), *paths]
             result = subprocess.run(command, capture_output=True, text=True)
-            if result.returncode != 0 or not out.is_file():
+            if result.returncode != 0:
                 raise RuntimeError(f"onnxruntime under qemu failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
-            counts.append(int(out.read_text()))
+
+        per_run = steady_state_instructions(run, runs)
         output = np.load(paths[0] + ".out.npy")
-    return InstructionCount((counts[1] - counts[0]) / runs, runs, cpu), output
+    return InstructionCount(per_run, runs, cpu), output
 
 
 # TVM's own Python RPC server under qemu (the Python route; edgec's device server needs no Python):
@@ -152,9 +153,7 @@ def tvm_python_command(cpu: str = "cortex-a72") -> list[str]:
     if not (site / "tvm").is_dir():
         staging = Path(tempfile.mkdtemp(prefix=".tvm-site-", dir=root))
         try:
-            _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
-                  *(a for p in ("manylinux_2_28_aarch64", "manylinux2014_aarch64") for a in ("--platform", p)),
-                  "-d", str(staging / "wheels"), *TVM_DEPENDENCIES], staging,
+            _run([*_PIP_DOWNLOAD_AARCH64, "-d", str(staging / "wheels"), *TVM_DEPENDENCIES], staging,
                  "the aarch64 wheels of TVM's dependencies could not be downloaded from PyPI")
             for wheel in [*wheel_dir.glob("apache_tvm*.whl"), *(staging / "wheels").glob("*.whl")]:
                 with zipfile.ZipFile(wheel) as archive:

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,18 +92,28 @@ def count_instructions(preset: Preset, library: Path, inputs: list[Path], output
     if preset.execution_here().mode != "qemu":
         raise RunnerError(f"--count-instructions counts instructions under qemu; {preset.name} artifacts do not "
                           f"run under qemu here ({preset.execution_here().reason})")
+    cpu = emulated_cpu(preset)
+
+    def run(plugin: list[str], total_runs: int) -> None:
+        run_runner(preset.elf_machine, library, inputs, output_dir, BenchSpec(warmup=0, runs=total_runs),
+                   emulation=["-cpu", cpu, *plugin, "-E", "TVM_NUM_THREADS=1"])
+
+    return InstructionCount(steady_state_instructions(run, runs), runs, cpu)
+
+
+def steady_state_instructions(run: Callable[[list[str], int], None], runs: int) -> float:
+    """Guest instructions per inference: `run(qemu_plugin_args, total_inferences)` is called for WARM_RUNS
+    and for WARM_RUNS + `runs` inferences, each counted by the plugin, and the difference is divided by
+    `runs` (start-up and first-run work cancel out)."""
     if runs < 1:
         raise RunnerError(f"counting needs at least one steady-state run, got {runs}")
     plugin = build_plugin()
-    cpu = emulated_cpu(preset)
     counts = []
     with tempfile.TemporaryDirectory(prefix="edgec-count-") as work:
         for index, total_runs in enumerate((WARM_RUNS, WARM_RUNS + runs)):
             out = Path(work, f"count{index}")
-            emulation = ["-cpu", cpu, "-plugin", f"file={plugin},out={out}", "-E", "TVM_NUM_THREADS=1"]
-            run_runner(preset.elf_machine, library, inputs, output_dir, BenchSpec(warmup=0, runs=total_runs),
-                       emulation=emulation)
+            run(["-plugin", f"file={plugin},out={out}"], total_runs)
             if not out.is_file():
-                raise RunnerError(f"qemu wrote no instruction count: does {preset.emulator} support -plugin (qemu >= 4.2)?")
+                raise RunnerError("qemu wrote no instruction count: does it support -plugin (qemu >= 4.2)?")
             counts.append(int(out.read_text().strip()))
-    return InstructionCount((counts[1] - counts[0]) / runs, runs, cpu)
+    return (counts[1] - counts[0]) / runs

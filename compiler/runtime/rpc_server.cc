@@ -55,6 +55,7 @@ constexpr int32_t kCodeMismatch = kRpcMagic + 2;
 enum TrackerCode { kTrackerSuccess = 0, kPut = 3, kUpdateInfo = 5, kGetPendingMatchkeys = 7 };
 constexpr int kPingSeconds = 2;         // ask the tracker about our key when no client came for this long
 constexpr int kUnusedKeySeconds = 4;    // a key a client took but did not use is replaced after this
+constexpr int kHandshakeSeconds = 10;   // a connection that sends no header within this is dropped
 
 struct Options {
   std::string host = "0.0.0.0";
@@ -247,9 +248,17 @@ class Tracker {
 
 // ------------------------------------------------------------------------------------- sessions
 
+// 0 seconds: block. The server serves one connection at a time, so a peer that connects and says
+// nothing (a port scanner, a half-open socket) must not hold it.
+void SetReceiveTimeout(int fd, int seconds) {
+  timeval limit{seconds, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
+}
+
 // The client's header: "client:<match key> [-timeout=SECONDS ...]"; answers success or mismatch.
 std::optional<double> Handshake(int conn, const std::string& match_key, const std::string& key, bool* accepted) {
   *accepted = false;
+  SetReceiveTimeout(conn, kHandshakeSeconds);
   if (RecvInt(conn) != kRpcMagic) return std::nullopt;
   std::string header = RecvString(conn, 4096);
   std::string first = header.substr(0, header.find(' '));
@@ -259,6 +268,7 @@ std::optional<double> Handshake(int conn, const std::string& match_key, const st
   }
   SendInt(conn, kCodeSuccess);
   SendString(conn, "server:" + key);
+  SetReceiveTimeout(conn, 0);  // a session may idle between calls for as long as its client likes
   *accepted = true;
   std::optional<double> timeout;
   size_t at = header.find(" -timeout=");
