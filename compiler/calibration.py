@@ -18,7 +18,9 @@ import numpy as np
 
 from compiler.artifact import Manifest, read_manifest, write_manifest
 from compiler.errors import EdgecError, InputError
-from compiler.evaluate import ECE_BINS, Runner, class_logits, expected_calibration_error, fit_temperature, softmax
+from compiler.evaluate import (
+    ECE_BINS, Runner, as_logits, class_logits, expected_calibration_error, fit_temperature, is_class_scores, softmax,
+)
 
 if TYPE_CHECKING:
     from compiler.runtime import RemoteSpec
