@@ -21,7 +21,8 @@ its work. Left as pairs, they split the kernels: each was an elementwise round t
 the layout phase wrapped in transposes (ResNet-18: 11.0 ms against 6.7 ms for the same layers
 quantized by edgec). Without them the graph is the float model with its conv inputs quantized on
 the model's own grids: the layers of `quantize_int8`, fused the same way. The outputs differ from
-onnxruntime's by that rounding: less than one grid step per tensor, nearer the float model.
+onnxruntime's by that rounding (at most half a grid step where each such pair stood), towards the
+float model's.
 """
 
 from __future__ import annotations
