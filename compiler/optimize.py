@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from compiler.errors import EdgecError, InputError
-from compiler.evaluate import (ECE_BINS, class_logits, expected_calibration_error, reference_runner,
+from compiler.evaluate import (ECE_BINS, class_logits, expected_calibration_error, is_class_scores, reference_runner,
                                softmax, sqnr_db, top1)
 from compiler.frontends import ImportedModel, load_model
 from compiler.runtime import RemoteSpec
@@ -324,8 +324,9 @@ class Optimizer:
     # --- the search -------------------------------------------------------------------------------------
 
     def _search(self) -> None:
-        imported = self.models.get((0.0, False)) or load_model(self.model_path, dict(self.options.input_shapes))
-        self.models[(0.0, False)] = imported
+        if (0.0, False) not in self.models:
+            self.models[(0.0, False)] = load_model(self.model_path, dict(self.options.input_shapes))
+        imported = self.models[(0.0, False)]
         self._reference(imported)
         self.report.results = [CandidateResult(c) for c in candidates(self.options, self.options.preset)]
         self._update()
@@ -647,7 +648,7 @@ def store_temperature(artifact: Path, outputs: Sequence[np.ndarray], eval_set: E
     (classifiers only: None for other outputs)."""
     from compiler.calibration import store_calibration
 
-    if class_logits(outputs) is None:
+    if not is_class_scores(outputs):
         return None
     return store_calibration(artifact, outputs, eval_set.labels, eval_set.source)
 

@@ -6,10 +6,10 @@ another integer layer ends in a chain of elementwise ops, each a pass over the o
     f = float(acc); f x rescale; - compensation; + bias; max(0); min(6)     (the layer)
     x (1 / next scale); round; + zero point; round; clip(0, 255); uint8     (the next layer's quantize)
 
-Every step is affine with a non-negative slope, a clamp, or a rounding, so the chain is
+Every step is affine with a positive slope, a clamp, or a rounding, so the chain is
 `clamp(round(acc x a + b), low, high)` with per-channel `a`, `b` computed here: a clamp before a
 non-decreasing map is the map's clamp after it (`f(clip(y, l, u)) = clip(f(y), f(l), f(u))`), and
-adding an integer after rounding is adding it before. Twelve vector ops per output become seven,
+adding an even integer after rounding (ties go to even) is adding it before. Twelve vector ops per output become seven,
 which is most of the work of the shallow (16- to 32-deep) 1x1 convs of a MobileNet.
 """
 
@@ -35,15 +35,18 @@ class _Affine:
     rounded: bool = False
 
     def multiply(self, factor: np.ndarray) -> bool:
-        if self.rounded or np.any(factor < 0):
-            return False  # a negative slope swaps the clamp's ends; an integer rescaled is not integral
+        if self.rounded or np.any(factor <= 0):
+            # a negative slope swaps the clamp's ends, a zero one turns an open end into NaN; an
+            # integer rescaled is not integral
+            return False
         self.scale, self.shift = self.scale * factor, self.shift * factor
         self.low, self.high = self.low * factor, self.high * factor
         return True
 
     def add(self, term: np.ndarray) -> bool:
-        if self.rounded and not np.array_equal(term, np.round(term)):
-            return False  # only an integer commutes with the rounding
+        if self.rounded and not np.all(np.mod(term, 2) == 0):
+            # round() sends ties to even: only an even integer commutes with it (a zero point of 128 does)
+            return False
         self.shift, self.low, self.high = self.shift + term, self.low + term, self.high + term
         return True
 
@@ -53,8 +56,9 @@ class _Affine:
         return True
 
     def round(self) -> bool:
-        if not self.rounded:
-            self.low, self.high, self.rounded = np.round(self.low), np.round(self.high), True
+        # round(clip(y, l, u)) = clip(round(y), round(l), round(u)); once rounded, y is integral and a
+        # second round only rounds the bounds that came after the first
+        self.low, self.high, self.rounded = np.round(self.low), np.round(self.high), True
         return True
 
 
@@ -64,7 +68,7 @@ def fold_requantize() -> tvm.transform.Pass:
     Needs: the integer layers of `quantize_int8`/`lower_qdq_to_integer`, after the layout phase (clamps
     are `relax.maximum`/`relax.minimum`, passes/clip.py). Guarantees: every chain from a float cast of an
     int32 accumulator to an int8/uint8 cast through single-reader steps (multiply/add/subtract by
-    constants with non-negative factors, clamps, ReLU, rounding) becomes `astype(minimum(maximum(
+    constants with positive factors, even integers after a rounding, clamps, ReLU, rounding) becomes `astype(minimum(maximum(
     round(float(acc) x a + b), low), high))` with calibration values as tensor constants (kernels stay
     independent of the calibration); the integers are those of the chain up to float rounding (one
     ulp before the round); any other chain, and a model without one, is unchanged.
@@ -109,7 +113,7 @@ def _plan(main: relax.Function) -> dict[relax.Var, tuple[relax.Var, _Affine, str
             chain = _chain(value.args[0], producers, readers)
             if chain is not None:
                 start, steps = chain
-                folded = _compose(steps, len(value.ty.shape))
+                folded = _compose(steps, value.ty.ndim) if value.ty.ndim >= 0 else None
                 if folded is not None:
                     plan[var] = (start, folded, str(value.ty.dtype))
     return plan
@@ -140,7 +144,7 @@ def _compose(steps: list[relax.Call], rank: int) -> _Affine | None:
             done = folded.round()
         elif name == "relax.nn.relu":
             done = folded.clamp(0.0, np.inf)
-        elif name == "relax.clip":
+        elif name == "relax.clip":  # a module that did not go through the layout phase (passes/clip.py)
             low, high = _literal(call.args[1]), _literal(call.args[2])
             done = low is not None and high is not None and folded.clamp(low, high)
         elif operand is None:

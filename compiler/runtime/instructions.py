@@ -22,8 +22,8 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import asdict, dataclass
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 

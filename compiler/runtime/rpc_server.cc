@@ -55,7 +55,7 @@ constexpr int32_t kCodeMismatch = kRpcMagic + 2;
 enum TrackerCode { kTrackerSuccess = 0, kPut = 3, kUpdateInfo = 5, kGetPendingMatchkeys = 7 };
 constexpr int kPingSeconds = 2;         // ask the tracker about our key when no client came for this long
 constexpr int kUnusedKeySeconds = 4;    // a key a client took but did not use is replaced after this
-constexpr int kHandshakeSeconds = 10;   // a connection that sends no header within this is dropped
+constexpr int kHandshakeSeconds = 10;   // a handshake read that waits longer than this drops the connection
 
 struct Options {
   std::string host = "0.0.0.0";
@@ -249,7 +249,8 @@ class Tracker {
 // ------------------------------------------------------------------------------------- sessions
 
 // 0 seconds: block. The server serves one connection at a time, so a peer that connects and says
-// nothing (a port scanner, a half-open socket) must not hold it.
+// nothing (a port scanner, a half-open socket) must not hold it. The limit is per read: a peer that
+// trickles its header a byte at a time can still hold it for as long as the header lasts.
 void SetReceiveTimeout(int fd, int seconds) {
   timeval limit{seconds, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));

@@ -42,7 +42,9 @@ def test_the_aarch64_server_runs_and_benchmarks_like_a_local_qemu_run(tracker, c
     remote = RemoteSpec(tracker=(HOST, port), key="a72", timeout_s=60)
     # a peer that connects and says nothing (a scanner, a half-open socket) is dropped after the
     # handshake timeout, not served forever: the real client behind it still gets the device
-    server_port = int(re.search(r"listening on [\d.]+:(\d+)", server.log.read_text()).group(1))
+    listening = re.search(r"listening on [\d.]+:(\d+)", server.log.read_text())
+    assert listening, server.log.read_text()
+    server_port = int(listening.group(1))
     silent = socket.create_connection((HOST, server_port))
     with silent, open_model(artifact, "rpc", remote) as model:
         inputs = random_inputs(model.manifest.inputs, seed=4)

@@ -66,9 +66,14 @@ def test_a_chain_with_a_float_reader_or_a_nonlinear_step_is_left_alone(tmp_path)
     calibration = tuple({"input": x[None]} for x in matrix_inputs(8, seed=2))
     before = _int8(path, calibration, "NHWC")
     after = fold_requantize()(before)
-    chains_after = _requantize_chains(after)
+    chains_before, chains_after = _requantize_chains(before), _requantize_chains(after)
     assert any(chain == FOLDED for chain in chains_after)  # the ReLU6-free linear convs still fold
-    assert any(chain != FOLDED and "relax.multiply" in chain for chain in chains_after)
+    # chains with a step that is not affine, a clamp or a rounding (SiLU's sigmoid, hard-swish's
+    # product of two tensors) are there before and after, unchanged
+    foldable = {"relax.astype", "relax.multiply", "relax.add", "relax.subtract", "relax.round", "relax.maximum",
+                "relax.minimum", "relax.clip"}
+    kept = [chain for chain in chains_before if set(chain) - foldable]
+    assert kept and all(chain in chains_after for chain in kept), (kept, chains_after)
     x = matrix_inputs(16, seed=3)
     reference, ours = _outputs(before, x), _outputs(after, x)
     np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
@@ -77,3 +82,47 @@ def test_a_chain_with_a_float_reader_or_a_nonlinear_step_is_left_alone(tmp_path)
 def test_a_float_model_passes_unchanged(example):
     mod = simplify_for_inference()(load_model(example("digits").onnx).mod)
     assert fold_requantize()(mod).same_as(mod)
+
+
+def _steps(*ops):
+    """Calls on a (1, 2) float tensor, each reading the one before (what _compose takes)."""
+    x = relax.Var("x", relax.TensorType((1, 2), "float32"))
+    return [op(x) for op in ops]
+
+
+def _const(*values):
+    return relax.const(np.array([values], "float32"))
+
+
+@pytest.mark.parametrize("ops, folds", [
+    # a clamp with fractional bounds between two roundings: the bounds round too
+    ((relax.op.round, lambda x: relax.op.maximum(x, _const(1.5, 1.5)), lambda x: relax.op.minimum(x, _const(2.7, 2.7)),
+      relax.op.round), True),
+    # a zero factor would make an open end NaN; a negative one would swap the clamp's ends
+    ((lambda x: relax.op.multiply(x, _const(0.0, 1.0)), relax.op.round), False),
+    ((lambda x: relax.op.multiply(x, _const(-1.0, 1.0)), relax.op.round), False),
+    # an odd integer after rounding does not commute with round-half-to-even; an even one does
+    ((relax.op.round, lambda x: relax.op.add(x, _const(1.0, 1.0)), relax.op.round), False),
+    ((relax.op.round, lambda x: relax.op.add(x, _const(128.0, 128.0)), relax.op.round), True),
+])
+def test_a_chain_folds_only_where_the_folded_form_gives_the_same_integers(ops, folds):
+    from passes.requantize import _compose
+
+    steps = _steps(*ops)
+    folded = _compose(steps, 2)
+    assert (folded is not None) == folds
+    if folded is None:
+        return
+    values = np.array([-3.5, -0.5, 0.2, 0.5, 1.5, 2.5, 2.6, 3.5, 130.5])
+    expected = []
+    for v in values:
+        y = np.full((1, 2), v)
+        for call in steps:
+            name, operand = call.op.name, (call.args[1].value.numpy() if len(call.args) > 1 else None)
+            y = {"relax.round": lambda: np.round(y), "relax.maximum": lambda: np.maximum(y, operand),
+                 "relax.minimum": lambda: np.minimum(y, operand), "relax.add": lambda: y + operand,
+                 "relax.multiply": lambda: y * operand}[name]()
+        expected.append(y)
+    ours = [np.minimum(np.maximum(np.round(np.full((1, 2), v) * folded.scale + folded.shift), folded.low), folded.high)
+            for v in values]
+    np.testing.assert_array_equal(np.array(ours), np.array(expected))
