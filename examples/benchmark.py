@@ -316,9 +316,8 @@ def int8_section(work: Path, args) -> list[dict]:
     int8 QDQ model (same calibration data), per model and per x86 preset this CPU runs; zero-trial
     (no records) and, where the preset's records cover the int8 kernels, tuned. The QDQ model compiled
     by edgec (zero-trial) runs in the zero-trial rounds: pre-quantized models get the same kernels."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
     from examples.export import example_model, export_onnx
+    from examples.ort_quantize import quantize_with_onnxruntime
     from passes import QuantizeConfig
 
     rows = []
@@ -330,18 +329,9 @@ def int8_section(work: Path, args) -> list[dict]:
         onnx_path = export_onnx(model, x_tensor, work / f"{name}-int8-source.onnx")
         rng = np.random.default_rng(0)
         calibration = [rng.random(x.shape, dtype=np.float32) for _ in range(8)]
-
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self.samples = iter({"input": c} for c in calibration)
-
-            def get_next(self):
-                return next(self.samples, None)
-
-        ort_int8 = work / f"{name}-ort-int8.onnx"
         with console.status(f"onnxruntime static int8 quantization of {name} (QDQ, per-channel)"):
-            quantize_static(str(onnx_path), str(ort_int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            ort_int8 = quantize_with_onnxruntime(onnx_path, work / f"{name}-ort-int8.onnx",
+                                                 ({"input": c} for c in calibration))
         config = QuantizeConfig(tuple({"input": c} for c in calibration), "percentile")
         for preset in presets:
             with console.status(f"compiling {name} fp32 and int8 for {preset.name}, zero-trial and with records"):

@@ -118,22 +118,13 @@ def test_an_onnxruntime_qdq_model_compiles_to_the_kernels_of_edgecs_own_int8(exp
     """Pre-quantized input (onnxruntime's quantize_static, QDQ): the residual block's Q/DQ pairs do not
     survive as kernels of their own, every conv runs on the dot product, the kernel count is that of
     edgec's own int8 build of the float model, and the outputs are onnxruntime's on the QDQ model."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from examples.ort_quantize import quantize_with_onnxruntime
 
     preset = resolve_target("x86-64")
     source = exported("mobile-block")
     calibration = matrix_inputs(16, seed=2)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.samples = iter({"input": x[None]} for x in calibration)
-
-        def get_next(self):
-            return next(self.samples, None)
-
-    quantized = tmp_path / "mobile-block-qdq.onnx"
-    quantize_static(str(source), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantized = quantize_with_onnxruntime(source, tmp_path / "mobile-block-qdq.onnx",
+                                          ({"input": x[None]} for x in calibration))
     builds = {}
     for name, path, quantize in (
             ("qdq", quantized, None),

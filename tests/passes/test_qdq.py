@@ -8,6 +8,7 @@ from tvm import relax
 from compiler.evaluate import sqnr_db
 from compiler.frontends import load_model
 from examples.digits_cnn import load_digits_split
+from examples.ort_quantize import quantize_with_onnxruntime
 from passes import lower_qdq_to_integer, simplify_for_inference
 from passes.quantize import run_on_host
 
@@ -20,23 +21,11 @@ def _outputs(mod, samples) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def quantized_digits(example, tmp_path_factory):
     """The trained digits CNN quantized by onnxruntime (static, per-channel), as QDQ and as QOperator."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
     x_train, _, x_test, _ = load_digits_split()
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.samples = iter({"input": x_train[i:i + 1]} for i in range(100))
-
-        def get_next(self):
-            return next(self.samples, None)
-
     directory = tmp_path_factory.mktemp("ort-quantized")
-    paths = {}
-    for name, fmt in (("qdq", QuantFormat.QDQ), ("qoperator", QuantFormat.QOperator)):
-        paths[name] = directory / f"digits-{name}.onnx"
-        quantize_static(str(example("digits").onnx), str(paths[name]), Reader(), quant_format=fmt, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    paths = {name: quantize_with_onnxruntime(example("digits").onnx, directory / f"digits-{name}.onnx",
+                                             ({"input": x_train[i:i + 1]} for i in range(100)), fmt)
+             for name, fmt in (("qdq", "QDQ"), ("qoperator", "QOperator"))}
     return paths, x_test[:100]
 
 
@@ -93,23 +82,12 @@ def test_qdq_pairs_off_the_layers_become_clamps_and_match_onnxruntime(name, tmp_
     """Residual adds, ReLU6s onnxruntime folded into a pair's range, concat, shuffle, pooling: no Q/DQ
     pair is left to split the kernels, and the model still computes what onnxruntime's QDQ model does."""
     import onnxruntime
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from examples.int8_matrix import export_matrix_model, matrix_inputs
 
     source = export_matrix_model(name, tmp_path / f"{name}.onnx")
-    calibration = matrix_inputs(16, seed=2)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.samples = iter({"input": c[None]} for c in calibration)
-
-        def get_next(self):
-            return next(self.samples, None)
-
-    quantized = tmp_path / f"{name}-qdq.onnx"
-    quantize_static(str(source), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantized = quantize_with_onnxruntime(source, tmp_path / f"{name}-qdq.onnx",
+                                          ({"input": c[None]} for c in matrix_inputs(16, seed=2)))
     _, after, report = _lowered(quantized)
     ops = set()
     relax.analysis.post_order_visit(after["main"], lambda e: isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op)
