@@ -22,6 +22,7 @@ import tvm_ffi
 from tvm import relax
 
 from compiler.errors import EdgecError
+from passes.relax_rewrite import constant_array
 
 CRITERIA = ("l1", "l2")
 
@@ -323,7 +324,7 @@ class _Graph:
         attrs, out, kernel, name = call.attrs, _shape(var), _shape(weight), self._name(var)
         if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW") or not out or not kernel:
             return self._leave(name, out[1] if out else 0, "conv2d layout is not NCHW/OIHW with static shapes")
-        (cout, cin_per_group, kh, kw), w = kernel, _constant(weight)
+        (cout, cin_per_group, kh, kw), w = kernel, constant_array(weight)
         unit = 2 * out[0] * out[2] * out[3] * kh * kw
         if w is None or data not in self.tensors:
             self.flop_sites.append((unit, cout, cin_per_group))
@@ -385,7 +386,7 @@ class _Graph:
     def _binary(self, var: relax.Var, call: relax.Call) -> str | None:
         out = _shape(var)
         tensors = [(i, a) for i, a in enumerate(call.args) if isinstance(a, relax.Var)]
-        constants = [(i, _constant(a)) for i, a in enumerate(call.args) if _constant(a) is not None]
+        constants = [(i, constant_array(a)) for i, a in enumerate(call.args) if constant_array(a) is not None]
         if not tensors or out is None or len(out) < 2 or any(a not in self.tensors or len(_shape(a)) != len(out) for _, a in tensors):
             return "operands are not channel tensors of the output's rank"
         if any(_shape(a)[1] != out[1] for _, a in tensors):
@@ -422,7 +423,7 @@ class _Graph:
 
     def _matmul(self, var: relax.Var, call: relax.Call) -> str | None:
         data, weight = call.args
-        w, shape, out = _constant(weight), _shape(data), _shape(var)
+        w, shape, out = constant_array(weight), _shape(data), _shape(var)
         if data not in self.tensors or w is None or w.ndim != 2 or len(shape) != 2 or out is None:
             if shape and out and len(shape) == 2 == len(out):  # still counted in the FLOPs
                 self.flop_sites.append((2 * shape[0], out[1], shape[1]))
@@ -459,7 +460,7 @@ class _Graph:
             if op not in ("relax.add", "relax.subtract", "relax.multiply", "relax.divide"):
                 break
             other = [a for a in call.args if not a.same_as(var)]
-            vector = _channel_vector(_constant(other[0]) if len(other) == 1 else None, len(_shape(var)), channels)
+            vector = _channel_vector(constant_array(other[0]) if len(other) == 1 else None, len(_shape(var)), channels)
             if vector is None or (op == "relax.divide" and call.args[0].same_as(other[0])):
                 break
             scale = scale * np.abs(vector) if op == "relax.multiply" else scale / np.abs(vector) if op == "relax.divide" else scale
@@ -547,12 +548,6 @@ def _shape(expr: relax.Expr) -> tuple[int, ...] | None:
         return None
 
 
-def _constant(expr: relax.Expr) -> np.ndarray | None:
-    if isinstance(expr, tvm.ir.GenericConst) and isinstance(expr.ty, relax.TensorType):
-        return expr.value.numpy()
-    return None
-
-
 def _channel_vector(value: np.ndarray | None, rank: int, channels: int) -> np.ndarray | None:
     """A constant that broadcasts one value per channel against a rank-`rank` tensor, as a (C,) vector."""
     if value is None or value.ndim > rank:
@@ -590,7 +585,7 @@ class _Rewriter(relax.PyExprMutator):
         for index, axis, slots in edit.slices:
             mask = self.plan.keep[slots]
             if not mask.all():
-                args[index] = relax.const(np.compress(mask, _constant(args[index]), axis=axis))
+                args[index] = relax.const(np.compress(mask, constant_array(args[index]), axis=axis))
         if edit.reshape is not None:
             shape, slots = edit.reshape
             args[1] = relax.ShapeExpr([shape[0], self.plan.kept(slots), *shape[2:]])

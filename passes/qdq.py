@@ -36,6 +36,7 @@ import tvm
 from tvm import relax
 
 from passes.quantize import IntegerForm, find_layers, rewrite_to_integer
+from passes.relax_rewrite import constant_array, is_op_call
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def _clamp_rounding_pairs(mod: tvm.IRModule) -> tvm.IRModule:
         if tensor in clamped:
             return clamped[tensor]
         value = producers.get(tensor)
-        if _is_call(value, "relax.nn.max_pool2d") and isinstance(value.args[0], relax.Var):
+        if is_op_call(value, "relax.nn.max_pool2d") and isinstance(value.args[0], relax.Var):
             return within(value.args[0])  # a max of values in a range is in it
         return None
 
@@ -134,14 +135,14 @@ def _dequantized_grid(tensor: relax.Var, producers) -> tuple[relax.Var, float, i
     it again gives q back exactly (QOperator models: dequantize(max_pool(q))).
     """
     value = producers.get(tensor)
-    if not _is_call(value, "relax.dequantize"):
+    if not is_op_call(value, "relax.dequantize"):
         return None
     scale, zero_point = _scalar(value.args[1]), _scalar(value.args[2])
     if scale is None or zero_point is None:
         return None
     dtype = str(value.args[0].ty.dtype)
     quantize = producers.get(value.args[0])
-    if (_is_call(quantize, "relax.quantize") and isinstance(quantize.args[0], relax.Var)
+    if (is_op_call(quantize, "relax.quantize") and isinstance(quantize.args[0], relax.Var)
             and _scalar(quantize.args[1]) == scale and _scalar(quantize.args[2]) == zero_point):
         return quantize.args[0], float(scale), int(zero_point), dtype
     return tensor, float(scale), int(zero_point), dtype
@@ -158,12 +159,6 @@ def _integer_grid(scale: float, zero_point: int, dtype: str) -> tuple[tuple[floa
     return (amax / 127, "int8"), False
 
 
-def _is_call(value, name: str) -> bool:
-    return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == name
-
-
 def _scalar(expr) -> float | None:
-    if isinstance(expr, tvm.ir.GenericConst) and isinstance(expr.ty, relax.TensorType):
-        array = expr.value.numpy()
-        return array.item() if array.size == 1 else None
-    return None
+    array = constant_array(expr)
+    return array.item() if array is not None and array.size == 1 else None

@@ -21,6 +21,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from passes.relax_rewrite import constant_array, is_op_call
+
 _INTEGER_OUTPUTS = ("int8", "uint8")
 
 
@@ -109,7 +111,7 @@ def _plan(main: relax.Function) -> dict[relax.Var, tuple[relax.Var, _Affine, str
     count(main.body.body)
     plan = {}
     for var, value in producers.items():
-        if _is_call(value, "relax.astype") and str(value.ty.dtype) in _INTEGER_OUTPUTS:
+        if is_op_call(value, "relax.astype") and str(value.ty.dtype) in _INTEGER_OUTPUTS:
             chain = _chain(value.args[0], producers, readers)
             if chain is not None:
                 start, steps = chain
@@ -124,7 +126,7 @@ def _chain(tensor, producers, readers) -> tuple[relax.Var, list[relax.Call]] | N
     steps = []
     while isinstance(tensor, relax.Var) and readers.get(tensor, 0) == 1:
         value = producers.get(tensor)
-        if _is_call(value, "relax.astype") and str(value.args[0].ty.dtype) == "int32" \
+        if is_op_call(value, "relax.astype") and str(value.args[0].ty.dtype) == "int32" \
                 and str(value.ty.dtype) == "float32":
             return (tensor, steps[::-1]) if steps else None
         if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
@@ -172,13 +174,8 @@ def _literal(bound) -> float | None:
 
 
 def _constant(expr) -> np.ndarray | None:
-    if isinstance(expr, tvm.ir.GenericConst) and isinstance(expr.ty, relax.TensorType):
-        return expr.value.numpy().astype(np.float64)
-    return None
-
-
-def _is_call(value, name: str) -> bool:
-    return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == name
+    array = constant_array(expr)
+    return None if array is None else array.astype(np.float64)
 
 
 @relax.expr_functor.mutator
