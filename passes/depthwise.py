@@ -18,6 +18,7 @@ left to that rule. Numerics are unchanged.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import tvm
@@ -64,7 +65,7 @@ def depthwise_rule() -> tvm.transform.Pass:
 
 
 def _annotate(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
-    sch = s_tir.Schedule(func)
+    sch = s_tir.Schedule(copy.deepcopy(func))  # a Schedule rewrites its PrimFunc in place
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     convs = [b for b in blocks if sch.get(b).name_hint.startswith(_DEPTHWISE_BLOCK)]
     if len(convs) != 1 or not _is_depthwise(sch.get(convs[0])):

@@ -705,6 +705,24 @@ def test_shipped_records_cover_every_int8_kernel_of_the_examples(example, name, 
     assert untuned == []
 
 
+def test_a_record_that_fails_half_way_leaves_its_kernel_to_the_default_schedule(example, tmp_path):
+    """ResNet-18 int8 with its first four 3x3 convs kept float: their Winograd kernels are ResNet-18's
+    fp32 ones with a quantize epilogue, and the shipped fp32 record of the same conv fails part-way
+    through on that epilogue. The kernel still gets its default schedule (it ran as TVM's naive
+    loops, 10x slower, when the failed replay had rewritten it in place)."""
+    from compiler.frontends import load_model
+    from passes import QuantizeConfig
+
+    files = example("resnet18")
+    samples = tuple({"input": s} for s in np.random.default_rng(7).random((2, *files.input.shape), dtype=np.float32))
+    quantize = QuantizeConfig(samples, keep_float=("conv2d_1", "conv2d_2", "conv2d_3", "conv2d_4"))
+    config = PipelineConfig(quantize=quantize, tuning_log=tuning_db.RecordSources(user=False))
+    manifest = compile_model(load_model(files.onnx), CompileOptions(resolve_target("x86-64"), config), tmp_path / "int8")
+    winograd = {name: how for name, how in manifest.schedules.items() if "winograd" in name}
+    assert any("multiply" in name and how == "edgec-default" for name, how in winograd.items()), winograd
+    assert "naive" not in manifest.schedules.values(), manifest.schedules
+
+
 def test_a_new_process_reads_records_whose_traces_name_a_dot_product_intrinsic(example, tmp_path):
     """int8 records tensorize with an intrinsic (edgec registers x86's on first use): a fresh
     `edgec compile` registers it before MetaSchedule parses the records, rather than skipping the

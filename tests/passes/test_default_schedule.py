@@ -137,6 +137,42 @@ def test_the_default_is_a_point_of_metaschedules_design_space(cpu):
     tvm.ir.assert_structural_equal(replay.mod, sch.mod)
 
 
+@pytest.mark.parametrize("cpu", [AVX512, AVX2], ids=["avx512", "avx2"])
+def test_a_global_mean_in_nhwc_reduces_channel_vectors(cpu):
+    """TVM writes a mean over H and W as one scalar chain per channel, each read strided by the channel
+    count (EfficientNet-B0's squeeze-excitation means took 1.0 of its 12 ms). The default moves the
+    reduction loops outside the channel loop, which is vectorized: each step adds a contiguous row of
+    channels. Numerics: test_every_kernel_is_scheduled_and_numerics_match_the_unscheduled_model."""
+    mean = next(f for name, f in _kernels(_scheduled(_small_cnn(), cpu)).items() if name.startswith("mean"))
+    sch = tvm.s_tir.Schedule(mean)
+    update = next(b for b in sch.get_child_blocks(sch.get_sblock("root"))
+                  if any(iv.iter_type == tvm.tirx.IterVar.CommReduce for iv in sch.get(b).iter_vars))
+    loops = [sch.get(loop) for loop in sch.get_loops(update)]
+    assert loops[-1].kind == tvm.tirx.ForKind.VECTORIZED and int(loops[-1].extent) == 32, mean.script()
+    assert [int(loop.extent) for loop in loops[-3:-1]] == [7, 7]  # the pooled window outside it
+
+
+def test_scheduling_a_kernel_leaves_the_callers_kernel_as_it_was():
+    """An `s_tir.Schedule` rewrites the PrimFunc it is given in place: a trace that failed half-way
+    (a transferred record on another epilogue) left the module's kernel half-scheduled, and its
+    default then failed too (ResNet-18's Winograd convs with an int8 neighbour ran as naive loops).
+    The default schedule and `kernel_module` work on copies."""
+    from passes.default_schedule import kernel_module, schedule_kernel
+
+    mod = relax.transform.AttachAttrLayoutFreeBuffers()(fuse_for_cpu(_small_cnn()))
+    conv = next(f for name, f in _kernels(mod).items() if "conv2d" in name)
+    before = conv.script()
+    with HOST:
+        scheduled = schedule_kernel(conv, HOST, AVX2)
+    assert scheduled is not None and scheduled.script() != before
+    half_way = tvm.s_tir.Schedule(kernel_module(conv))
+    half_way.fuse(*half_way.get_loops(half_way.get_sblock("conv2d_nhwc"))[:2])  # then a trace would fail
+    assert conv.script() == before
+    with HOST:
+        again = schedule_kernel(conv, HOST, AVX2)
+    assert again.script() == scheduled.script()
+
+
 def _pool(size: int, channels: int):
     @tvm.script.ir_module
     class Module:
