@@ -93,7 +93,8 @@ def _int8_payoff(preset: Preset) -> Int8Payoff | None:
     dot = int8_dot_product(preset.tvm_target())
     # a quarter of L2: the layer's weights and the block's other tensors share it (MobileNetV2's 7x7
     # depthwise layers, 376 KB, still gained from int8 on a 1 MB L2)
-    return Int8Payoff(dot_speedup=dot.speedup if dot is not None else None, cache_bytes=cpu.l2_bytes // 4)
+    return Int8Payoff(dot_speedup=dot.speedup if dot is not None else None, cache_bytes=cpu.l2_bytes // 4,
+                      output_channels=dot.output_channels if dot is not None else 1)
 
 
 def _integer_form(preset: Preset) -> IntegerForm:
@@ -102,7 +103,7 @@ def _integer_form(preset: Preset) -> IntegerForm:
     if dot is None:
         return IntegerForm(signed_activations=preset.signed_int8_activations)
     return IntegerForm(signed_activations=dot.signed_activations, shift_signed_inputs=not dot.signed_activations,
-                       weight_levels=dot.weight_levels, channel_multiple=4)
+                       weight_levels=dot.weight_levels, channel_multiple=4, output_channel_multiple=dot.output_channels)
 
 
 @dataclass(frozen=True)

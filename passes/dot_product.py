@@ -61,6 +61,9 @@ class DotProduct:
     # multiply-accumulates per instruction over a float32 FMA's, at the same vector width: what int8
     # saves in a kernel's inner loop (passes/quantize.py's Int8Payoff)
     speedup: float
+    # outputs one call of its narrowest intrinsic computes: int8 convs and matmuls pad their output
+    # channels to a multiple of it (passes/quantize.py's IntegerForm), which tensorizes
+    output_channels: int
 
     def used_by(self, func: tvm.tirx.PrimFunc) -> bool:
         """Whether a scheduled kernel calls the instruction (a tensorized default or tuned record)."""
@@ -136,15 +139,19 @@ _VNNI_8x4_INTRINSIC = "edgec_dot_8x4_u8i8i32_vnni"
 _AVX2_INTRINSIC = "edgec_dot_8x4_u8i8i32_avx2"
 
 VNNI = DotProduct("vnni", _VNNI_16x4_INTRINSIC, signed_activations=False, weight_levels=127,
-                  add_rule=False, narrow_intrinsic=_VNNI_8x4_INTRINSIC, llvm_intrinsic="llvm.x86.avx512.vpdpbusd", speedup=4.0)
+                  add_rule=False, narrow_intrinsic=_VNNI_8x4_INTRINSIC, llvm_intrinsic="llvm.x86.avx512.vpdpbusd", speedup=4.0,
+                  output_channels=8)
 AVX2 = DotProduct("avx2", _AVX2_INTRINSIC, signed_activations=False, weight_levels=63, add_rule=True,
                   narrow_intrinsic=None, llvm_intrinsic="llvm.x86.avx2.pmadd.ub.sw",
-                  speedup=4 / 3)  # vpmaddubsw + vpmaddwd + vpaddd: 4 products per lane in 3 instructions
+                  speedup=4 / 3,  # vpmaddubsw + vpmaddwd + vpaddd: 4 products per lane in 3 instructions
+                  output_channels=8)
 SDOT = DotProduct("sdot", "dot_4x4_i8i8s32_sdot", signed_activations=True, weight_levels=127,
-                  add_rule=False, narrow_intrinsic=None, llvm_intrinsic="llvm.aarch64.neon.sdot", speedup=4.0)
+                  add_rule=False, narrow_intrinsic=None, llvm_intrinsic="llvm.aarch64.neon.sdot", speedup=4.0,
+                  output_channels=4)
 NEON = DotProduct("neon", "dot_4x4_i8i8s32_neon", signed_activations=True, weight_levels=127,
                   add_rule=False, narrow_intrinsic=None, llvm_intrinsic="llvm.aarch64.neon.smull",
-                  speedup=2.0)  # smull + sadalp: 8 products per 4-lane accumulator in 2 instructions
+                  speedup=2.0,  # smull + sadalp: 8 products per 4-lane accumulator in 2 instructions
+                  output_channels=4)
 
 
 def import_tensor_intrinsics(target: tvm.target.Target) -> None:

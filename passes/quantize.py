@@ -64,12 +64,16 @@ class IntegerForm:
     weight_levels: weights quantize to [-levels, levels] (63 for AVX2's saturating int16 pairs).
     channel_multiple: input channels of a conv are zero-padded to a multiple of it (the
     intrinsic's reduction: 4 bytes), so a 3-channel image conv tensorizes too.
+    output_channel_multiple: output channels of a conv or matmul are zero-padded to a multiple of it
+    (what one call of the intrinsic computes) and the int32 result sliced back, so ShuffleNetV2's 58-
+    and 116-channel convs tensorize too (as int32 vector code they ran 7x slower than float).
     """
 
     signed_activations: bool = False
     shift_signed_inputs: bool = False
     weight_levels: int = 127
     channel_multiple: int = 1
+    output_channel_multiple: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +85,8 @@ class Int8Payoff:
 
     A layer pays if it runs on the CPU's int8 dot-product instruction (a dense conv or matmul) with
     a reduction deep enough that the dot product saves more than the requantizing epilogue adds:
-    `depth x (1 - 1/dot_speedup) >= epilogue_fmas`. Or if its input and output as float32 exceed
+    `depth x (1 - 1/speedup) >= epilogue_fmas`, where `speedup` is `dot_speedup` times the share of
+    real channels among the computed ones (output channels are padded to `output_channels`). Or if its input and output as float32 exceed
     `cache_bytes`: it streams from memory, and int8 moves a quarter of the bytes. Any other layer is
     faster left float: a depthwise or grouped conv has no dot-product kernel (its int8 widening costs
     more than float FMAs), and a shallow conv on cache-resident tensors is all epilogue.
@@ -94,13 +99,20 @@ class Int8Payoff:
     dot_speedup: float | None  # the target's int8 dot product over float FMAs (None: it has none)
     cache_bytes: int  # float activations (input + output) beyond this stream from memory
     epilogue_fmas: float = 24.0  # float FMAs' worth of work int8's rescale adds per output
+    output_channels: int = 1  # the dot-product kernel computes this many at once (IntegerForm pads to it)
 
     @property
     def min_depth(self) -> int | None:
         """The shallowest reduction int8 pays for on cache-resident tensors; None: none does."""
-        if self.dot_speedup is None or self.dot_speedup <= 1:
+        return self._min_depth(self.output_channels)
+
+    def _min_depth(self, channels: int) -> int | None:
+        """min_depth for a layer of `channels` output channels, computed padded to `output_channels`."""
+        if self.dot_speedup is None:
             return None
-        return math.ceil(self.epilogue_fmas / (1 - 1 / self.dot_speedup))
+        padded = -(-channels // self.output_channels) * self.output_channels
+        speedup = self.dot_speedup * channels / padded
+        return math.ceil(self.epilogue_fmas / (1 - 1 / speedup)) if speedup > 1 else None
 
     def keep_float_reason(self, layer: Layer) -> str | None:
         """Why `layer` is faster left float, or None if int8 pays."""
@@ -112,9 +124,15 @@ class Int8Payoff:
             kind = "this target has no int8 dot-product kernel" if self.min_depth is None else \
                 "a depthwise or grouped conv has no int8 dot-product kernel"
             return f"kept float: int8 would not be faster ({kind}, and {size})"
-        if layer.depth < self.min_depth:
-            return (f"kept float: int8 would not be faster (a reduction of {layer.depth} < {self.min_depth} "
-                    f"products per output, and {size})")
+        channels = int(layer.weight.shape[layer.channel_axis])
+        min_depth = self._min_depth(channels)
+        padded = f"its {channels} output channels computed as {-(-channels // self.output_channels) * self.output_channels}"
+        if min_depth is None:
+            return f"kept float: int8 would not be faster ({padded} leave the dot product no faster, and {size})"
+        if layer.depth < min_depth:
+            why = "" if channels % self.output_channels == 0 else f" with {padded}"
+            return (f"kept float: int8 would not be faster (a reduction of {layer.depth} < {min_depth} "
+                    f"products per output{why}, and {size})")
         return None
 
     def to_json(self) -> dict[str, Any]:
@@ -500,6 +518,8 @@ class _Quantizer(relax.PyExprMutator):
         zero_point = 128 if dense and dtype == "int8" and self.form.shift_signed_inputs else 0
         data = self._quantize(layer.input, scale, "uint8" if zero_point else dtype, zero_point)
         weight, weight_scales = _quantize_weight(layer.weight, layer.channel_axis, self.form.weight_levels)
+        out_channels = weight.shape[layer.channel_axis]
+        out_extra = (-out_channels) % self.form.output_channel_multiple if dense else 0
         if is_conv:
             data_layout, kernel_layout = str(attrs.data_layout), str(attrs.kernel_layout)
             padding = [int(p) for p in attrs.padding]
@@ -513,18 +533,24 @@ class _Quantizer(relax.PyExprMutator):
                 padding = [0, 0, 0, 0]
                 if extra:
                     weight = np.pad(weight, [(0, extra) if axis == "I" else (0, 0) for axis in kernel_layout])
-            product = relax.op.nn.conv2d(data, relax.const(weight), strides=attrs.strides, padding=padding,
-                                         dilation=attrs.dilation, groups=attrs.groups, data_layout=attrs.data_layout,
+            product = relax.op.nn.conv2d(data, relax.const(_pad_axis(weight, layer.channel_axis, out_extra)),
+                                         strides=attrs.strides, padding=padding, dilation=attrs.dilation,
+                                         groups=attrs.groups, data_layout=attrs.data_layout,
                                          kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
                                          out_dtype="int32")
             out_layout = str(attrs.out_layout or attrs.data_layout)
             rescale_shape = [-1 if axis == "C" else 1 for axis in out_layout]
             reduced_axes = tuple(i for i, axis in enumerate(kernel_layout) if axis != "O")
+            out_axis = out_layout.index("C")
         else:
-            product = relax.op.matmul(data, relax.const(weight), out_dtype="int32")
+            product = relax.op.matmul(data, relax.const(_pad_axis(weight, layer.channel_axis, out_extra)), out_dtype="int32")
             rescale_shape = [-1]
             reduced_axes = (0,)
+            out_axis = len(layer.var.ty.shape) - 1
         accumulated = self.builder_.emit(product)
+        if out_extra:  # the padded channels' zeros, dropped before the rescale
+            accumulated = self.builder_.emit(relax.op.strided_slice(accumulated, axes=[out_axis], begin=[0],
+                                                                    end=[out_channels]))
         rescale = (scale * weight_scales).astype("float32").reshape(rescale_shape)
         value = relax.op.multiply(relax.op.astype(accumulated, "float32"), relax.const(rescale))
         if zero_point:
@@ -574,6 +600,11 @@ def _broadcast_constant(value: float, like: relax.Var) -> relax.Expr:
     """`value` as a [1, ..., 1] tensor of `like`'s rank. Not a 0-d scalar: the fuser bakes those into
     the kernel's code, which would make every calibration a new kernel with no tuning record."""
     return relax.const(np.full([1] * len(like.ty.shape), value, dtype=np.float32))
+
+
+def _pad_axis(array: np.ndarray, axis: int, extra: int) -> np.ndarray:
+    """`array` with `extra` zeros appended along `axis`."""
+    return np.pad(array, [(0, extra) if i == axis else (0, 0) for i in range(array.ndim)]) if extra else array
 
 
 def _quantize_weight(weight: np.ndarray, axis: int, levels: int = 127) -> tuple[np.ndarray, np.ndarray]:

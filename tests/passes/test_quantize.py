@@ -231,6 +231,37 @@ def test_layers_int8_would_not_speed_up_stay_float_with_the_reason(digits):
     assert report.kept_float == []  # 8x8x16 floats and more: "streaming" at a 1 KB cache
 
 
+def test_output_channels_are_padded_to_the_intrinsics_width_and_sliced_back_exactly(digits):
+    """The dot-product kernel computes 8 output channels at once (VNNI's narrow form, AVX2): the digits
+    head's 10 classes become 16 integer outputs, zero weights in the last 6, sliced back to 10 before
+    the rescale. Exact: the same outputs as the unpadded integer form. (ShuffleNetV2's 58- and
+    116-channel convs ran as int32 vector code, 7x slower than float, before they were padded.)"""
+    mod, calibration, x_test, _ = digits
+    padded, _ = _quantized(mod, calibration, form=IntegerForm(output_channel_multiple=8))
+    plain, _ = _quantized(mod, calibration)
+    head = _integer_calls(padded)[-1]
+    assert head.op.name == "relax.matmul" and [int(d) for d in head.args[1].ty.shape][-1] == 16
+    assert [int(d) for d in _integer_calls(plain)[-1].args[1].ty.shape][-1] == 10
+    assert all(int(call.args[1].ty.shape[0]) % 8 == 0 for call in _integer_calls(padded)[1:-1])  # convs: O first
+    slices = []
+    relax.analysis.post_order_visit(padded["main"], lambda e: slices.append(e) if isinstance(e, relax.Call)
+                                    and getattr(e.op, "name", "") == "relax.strided_slice" else None)
+    assert len(slices) == 1 and [int(d) for d in slices[0].ty.shape] == [1, 10]
+    np.testing.assert_allclose(_predictions(padded, x_test[:50]), _predictions(plain, x_test[:50]), rtol=1e-6, atol=1e-6)
+
+
+def test_padding_counts_in_whether_int8_pays(digits):
+    """Padded channels are computed for nothing: the 10-class head (256 products per output) computed as
+    16 runs AVX2's 4/3x dot product at 10/16 of it, slower than float, so it stays float there; VNNI's
+    4x at 10/16 still pays at that depth."""
+    mod, calibration, _, _ = digits
+    _, report = _quantized(mod, calibration, payoff=Int8Payoff(dot_speedup=4 / 3, cache_bytes=256 * 1024, output_channels=8))
+    head = report.layers[-1]
+    assert not head.quantized and "its 10 output channels computed as 16 leave the dot product no faster" in head.note
+    _, report = _quantized(mod, calibration, payoff=Int8Payoff(dot_speedup=4.0, cache_bytes=256 * 1024, output_channels=8))
+    assert report.layers[-1].quantized
+
+
 def test_weight_levels_bound_the_integer_weights(digits):
     mod, calibration, _, _ = digits
     quantized, _ = _quantized(mod, calibration, form=IntegerForm(weight_levels=63))
