@@ -28,8 +28,9 @@ and engines do not slow down alike (compiler.bench.paired_latencies). Sections:
   data, and onnxruntime's QDQ model compiled by edgec (pre-quantized input), on every x86 preset
   this CPU runs (x86-avx512: VNNI; x86-64: AVX2); where the shipped
   records tune some of its int8 kernels, a second run of the int8 and fp32 builds with the records
-  (tuned against tuned) against the same onnxruntime models; and the int8 architecture matrix
-  (examples/int8_matrix.py), zero-trial int8 against zero-trial fp32;
+  (tuned against tuned) against the same onnxruntime models; the int8 architecture matrix
+  (examples/int8_matrix.py), zero-trial int8 against zero-trial fp32; and every zoo model, untuned,
+  int8 against fp32 and onnxruntime's int8, with its SQNR against fp32 (on the benchmark's preset);
 - prune: ResNet-18 with 50% of its channels pruned, no new tuning (the kernels no record covers get
   default schedules), against the unpruned model with its tuning records;
 - layout: the digits CNN in NCHW and NHWC (default schedules), the layout pass's latency effect;
@@ -368,7 +369,7 @@ def int8_section(work: Path, args) -> list[dict]:
                            **_ratio_cells("edgec fp32 tuned / edgec int8 tuned", timed.relative["edgec fp32 tuned"]),
                            **_ratio_cells("onnxruntime int8 / edgec int8 tuned", timed.relative["onnxruntime int8"]))
             rows.append(row)
-    return rows + int8_matrix_rows(work, args, presets)
+    return rows + int8_matrix_rows(work, args, presets) + int8_zoo_rows(work, args)
 
 
 def int8_matrix_rows(work: Path, args, presets: list) -> list[dict]:
@@ -393,6 +394,42 @@ def int8_matrix_rows(work: Path, args, presets: list) -> list[dict]:
             rows.append({"model": f"matrix: {name}", "preset": preset.name,
                          **{f"{k} ms": v * 1e3 for k, v in timed.median_s.items()},
                          **_ratio_cells("edgec fp32 / edgec int8", timed.relative["edgec fp32"])})
+    return rows
+
+
+def int8_zoo_rows(work: Path, args) -> list[dict]:
+    """Architectures nothing was tuned for (examples/zoo.py), as a new user quantizes them: zero-trial
+    int8 against zero-trial fp32 and onnxruntime's static int8 QDQ model (same 8 calibration samples),
+    on the benchmark's preset, with the int8 build's SQNR against its fp32 build's outputs."""
+    from examples.ort_quantize import quantize_with_onnxruntime
+    from examples.zoo import ZOO, export_zoo_model, zoo_model
+    from passes import QuantizeConfig
+
+    rows = []
+    for name in [n for n in ZOO if args.int8_zoo_models is None or n in args.int8_zoo_models]:
+        onnx_path, (_, x_tensor) = export_zoo_model(name), zoo_model(name)
+        x = x_tensor.numpy()
+        rng = np.random.default_rng(0)
+        calibration = [rng.standard_normal(x.shape).astype(np.float32) for _ in range(8)]
+        with console.status(f"quantizing {name} with edgec and onnxruntime, compiling for {args.preset.name}"):
+            fp32 = compile_onnx(onnx_path, work / f"zoo-{name}-fp32", args.preset, tuning_log=None)
+            int8 = compile_onnx(onnx_path, work / f"zoo-{name}-int8", args.preset, tuning_log=None,
+                                quantize=QuantizeConfig(tuple({"input": c} for c in calibration), "percentile"))
+            ort_int8 = quantize_with_onnxruntime(onnx_path, work / f"zoo-{name}-ort-int8.onnx",
+                                                 ({"input": c} for c in calibration))
+        engines = [edgec_engine(int8, x, "edgec int8"), edgec_engine(fp32, x, "edgec fp32"),
+                   onnxruntime_engine(ort_int8, x, "onnxruntime int8")]
+        ours, reference = (next(iter(engine.run().values())).astype(np.float64) for engine in engines[:2])
+        layers = [p for p in json.loads((int8 / "manifest.json").read_text())["passes"] if p["phase"] == "quantize"]
+        quantized = [layer["quantized"] for layer in layers[0]["report"]["layers"]]
+        with console.status(f"timing {name} int8 on {args.preset.name}"):
+            timed = paired(engines, "edgec int8", args.rounds, args.runs)
+        rows.append({"model": f"zoo: {name}", "preset": args.preset.name,
+                     "layers int8": f"{sum(quantized)} of {len(quantized)}",
+                     **{f"{k} ms": v * 1e3 for k, v in timed.median_s.items()},
+                     **_ratio_cells("edgec fp32 / edgec int8", timed.relative["edgec fp32"]),
+                     **_ratio_cells("onnxruntime int8 / edgec int8", timed.relative["onnxruntime int8"]),
+                     "SQNR vs fp32 dB": float(10 * np.log10(np.sum(reference ** 2) / np.sum((ours - reference) ** 2)))})
     return rows
 
 
@@ -547,6 +584,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="tuning histories for the tuning-cost section (default: tuning_logs/<preset>/history-*.jsonl)")
     parser.add_argument("--zero-trial-models", type=lambda s: s.split(","),
                         help="the zero-trial section's models (default: every example and zoo model)")
+    parser.add_argument("--int8-zoo-models", type=lambda s: s.split(","),
+                        help="the int8 section's zoo models (default: every zoo model)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
     args.preset = resolve_target(args.target) if args.target else first_native(X86_BY_CAPABILITY)
