@@ -81,12 +81,13 @@ class PipelineConfig:
         resolved = replace(resolved, int8_form=self.int8_form or _integer_form(preset))
         if self.quantize is None:
             return resolved
-        payoff = None if self.quantize.every_layer else _int8_payoff(preset)
+        payoff = None if self.quantize.every_layer else _int8_payoff(preset, resolved.int8_form)
         return replace(resolved, quantize=replace(self.quantize, form=resolved.int8_form, payoff=payoff))
 
 
-def _int8_payoff(preset: Preset) -> Int8Payoff | None:
-    """Where int8 is faster than float on the preset's CPU (passes/quantize.py); None off CPUs."""
+def _int8_payoff(preset: Preset, form: IntegerForm) -> Int8Payoff | None:
+    """Where int8 is faster than float on the preset's CPU (passes/quantize.py), for layers written in
+    `form`; None off CPUs."""
     cpu = preset.cpu_shape()
     if preset.device != "cpu" or cpu is None:
         return None
@@ -94,7 +95,7 @@ def _int8_payoff(preset: Preset) -> Int8Payoff | None:
     # a quarter of L2: the layer's weights and the block's other tensors share it (MobileNetV2's 7x7
     # depthwise layers, 376 KB, still gained from int8 on a 1 MB L2)
     return Int8Payoff(dot_speedup=dot.speedup if dot is not None else None, cache_bytes=cpu.l2_bytes // 4,
-                      output_channels=dot.output_channels if dot is not None else 1)
+                      output_channels=form.output_channel_multiple)
 
 
 def _integer_form(preset: Preset) -> IntegerForm:

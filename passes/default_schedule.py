@@ -8,6 +8,8 @@ space that `edgec tune` explores (TVM's rules plus edgec's Winograd and depthwis
 same postprocessors) is generated for the kernel and replayed with every sampled decision replaced
 by a choice made from the CPU shape (`targets.CpuShape`), so the default is a point of the tuning
 space: tuning can start from it (compiler/tuning/search.py measures it first), and its trace is a record.
+One step is added to the replayed trace: a reduction over its input's outer axes (a global mean in
+NHWC) gets its reduction loops outside the channel loop, which no rule samples (`_channels_inside_reductions`).
 
 The decisions, for a block tiled by MultiLevelTiling (conv2d of every kind, dense, matmul): the
 innermost spatial loop (output channels in NHWC, columns of a GEMM) is the vector loop, tiled to
@@ -444,14 +446,16 @@ def _channels_inside_reductions(sch: s_tir.Schedule) -> None:
     """A reduction over the outer axes of its input (a global mean or sum over H and W in NHWC) as
     TVM writes it runs one scalar chain per channel, each read strided by the channel count: 0.26 ms
     for EfficientNet-B0's 112x112x32 squeeze-excitation mean (1.0 of its 12 ms went to means on a Zen 4).
-    The reduction loops move outside the channel loop, which reads contiguously and vectorizes."""
+    The reduction loops move outside the channel loop, which reads contiguously and vectorizes (with
+    a batch of one nothing is left to run in parallel: one core adding vectors beat two adding scalars)."""
     for block in _reduction_blocks(sch):
         realize = sch.get(block)
         spatial = [iv for iv in realize.iter_vars if iv.iter_type == tvm.tirx.IterVar.DataPar]
-        if not spatial or int(spatial[-1].dom.extent) < 2:
-            continue
+        extent = spatial[-1].dom.extent if spatial else None
+        if not isinstance(extent, tvm.tirx.IntImm) or int(extent) < 2:
+            continue  # nothing to vectorize, or a symbolic extent
         channel = spatial[-1].var
-        # the input read contiguously along the innermost output var (so never along a reduced one)
+        # every input read at one element along the innermost output var (so never along a reduced one)
         inputs = [r for r in realize.reads if not r.source.same_as(realize.writes[0].source)]
         if inputs and all(_innermost_index_is(r, channel) for r in inputs):
             _reduction_outside_last_output_loop(sch, block)
@@ -474,8 +478,11 @@ def _reduction_blocks(sch: s_tir.Schedule) -> list:
 
 
 def _innermost_index_is(region: Any, var: Any) -> bool:
-    last = region.region[-1].min
-    return isinstance(last, tvm.tirx.Var) and last.same_as(var)
+    if not region.region:
+        return False  # a 0-d buffer
+    last = region.region[-1]
+    return isinstance(last.min, tvm.tirx.Var) and last.min.same_as(var) \
+        and isinstance(last.extent, tvm.tirx.IntImm) and int(last.extent) == 1
 
 
 # MetaSchedule looks a block's `schedule_rule` up as a global function per target key ("cpu": llvm)

@@ -6,6 +6,8 @@ names layers to leave in float:
 
     x_q  = cast(clip(round(x / s_x)))               once per tensor: int8, or uint8 when x >= 0 (post-ReLU)
     y32  = conv2d(x_q, W_q, out_dtype=int32)        int8 x int8 (or uint8 x int8, VNNI's shape) -> int32
+                                                    (W_q's output channels zero-padded to the intrinsic's
+                                                    width and y32 sliced back: IntegerForm)
     y    = float(y32) * (s_x * s_w[c])              per output channel, then the layer's own bias/act
 
 Weights are symmetric per output channel (s_w[c] = max|W[c]| / 127); activations per tensor, with
@@ -220,7 +222,8 @@ def quantize_int8(config: QuantizeConfig, on_report: Callable[[QuantizeReport], 
     `main`'s inputs by name, shape and dtype (checked; a mismatch raises QuantizeError naming it).
     With `config.payoff` set, layers where int8 would not be faster stay float (`Int8Payoff`).
     Guarantees: quantized layers compute int8 x int8 -> int32 (uint8 x int8 for non-negative inputs)
-    with a float per-channel rescale right after; the function's inputs, outputs and layers left in
+    (output channels padded to `config.form.output_channel_multiple`, the result sliced back) with a
+    float per-channel rescale right after; the function's inputs, outputs and layers left in
     float keep float32; `on_report` receives every layer with its input scale.
     """
 
