@@ -401,6 +401,7 @@ def int8_zoo_rows(work: Path, args) -> list[dict]:
     """Architectures nothing was tuned for (examples/zoo.py), as a new user quantizes them: zero-trial
     int8 against zero-trial fp32 and onnxruntime's static int8 QDQ model (same 8 calibration samples),
     on the benchmark's preset, with the int8 build's SQNR against its fp32 build's outputs."""
+    from compiler.evaluate import sqnr_db
     from examples.ort_quantize import quantize_with_onnxruntime
     from examples.zoo import ZOO, export_zoo_model, zoo_model
     from passes import QuantizeConfig
@@ -419,7 +420,7 @@ def int8_zoo_rows(work: Path, args) -> list[dict]:
                                                  ({"input": c} for c in calibration))
         engines = [edgec_engine(int8, x, "edgec int8"), edgec_engine(fp32, x, "edgec fp32"),
                    onnxruntime_engine(ort_int8, x, "onnxruntime int8")]
-        ours, reference = (next(iter(engine.run().values())).astype(np.float64) for engine in engines[:2])
+        ours, reference = (next(iter(engine.run().values())) for engine in engines[:2])
         layers = [p for p in json.loads((int8 / "manifest.json").read_text())["passes"] if p["phase"] == "quantize"]
         quantized = [layer["quantized"] for layer in layers[0]["report"]["layers"]]
         with console.status(f"timing {name} int8 on {args.preset.name}"):
@@ -429,7 +430,7 @@ def int8_zoo_rows(work: Path, args) -> list[dict]:
                      **{f"{k} ms": v * 1e3 for k, v in timed.median_s.items()},
                      **_ratio_cells("edgec fp32 / edgec int8", timed.relative["edgec fp32"]),
                      **_ratio_cells("onnxruntime int8 / edgec int8", timed.relative["onnxruntime int8"]),
-                     "SQNR vs fp32 dB": float(10 * np.log10(np.sum(reference ** 2) / np.sum((ours - reference) ** 2)))})
+                     "SQNR vs fp32 dB": sqnr_db([ours], [reference])})
     return rows
 
 

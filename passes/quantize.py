@@ -88,8 +88,9 @@ class Int8Payoff:
     A layer pays if it runs on the CPU's int8 dot-product instruction (a dense conv or matmul) with
     a reduction deep enough that the dot product saves more than the requantizing epilogue adds:
     `depth x (1 - 1/speedup) >= epilogue_fmas`, where `speedup` is `dot_speedup` times the share of
-    real channels among the computed ones (output channels are padded to `output_channels`). Or if its input and output as float32 exceed
-    `cache_bytes`: it streams from memory, and int8 moves a quarter of the bytes. Any other layer is
+    real channels among the computed ones (output channels are padded to `output_channels`). Or if
+    its input and output as float32 exceed `cache_bytes`: it streams from memory, and int8 moves a
+    quarter of the bytes. Any other layer is
     faster left float: a depthwise or grouped conv has no dot-product kernel (its int8 widening costs
     more than float FMAs), and a shallow conv on cache-resident tensors is all epilogue.
     Measured on a Zen 4 (x86-avx512, VNNI, 32x32 inputs): a grouped conv 30.5 vs 24.0 us float,
@@ -112,8 +113,7 @@ class Int8Payoff:
         """min_depth for a layer of `channels` output channels, computed padded to `output_channels`."""
         if self.dot_speedup is None:
             return None
-        padded = -(-channels // self.output_channels) * self.output_channels
-        speedup = self.dot_speedup * channels / padded
+        speedup = self.dot_speedup * channels / _round_up(channels, self.output_channels)
         return math.ceil(self.epilogue_fmas / (1 - 1 / speedup)) if speedup > 1 else None
 
     def keep_float_reason(self, layer: Layer) -> str | None:
@@ -128,7 +128,7 @@ class Int8Payoff:
             return f"kept float: int8 would not be faster ({kind}, and {size})"
         channels = int(layer.weight.shape[layer.channel_axis])
         min_depth = self._min_depth(channels)
-        padded = f"its {channels} output channels computed as {-(-channels // self.output_channels) * self.output_channels}"
+        padded = f"its {channels} output channels computed as {_round_up(channels, self.output_channels)}"
         if min_depth is None:
             return f"kept float: int8 would not be faster ({padded} leave the dot product no faster, and {size})"
         if layer.depth < min_depth:
@@ -139,6 +139,11 @@ class Int8Payoff:
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "min_depth": self.min_depth}
+
+
+def _round_up(count: int, multiple: int) -> int:
+    """`count` padded to a multiple of `multiple` (channels as the dot-product intrinsic computes them)."""
+    return -(-count // multiple) * multiple
 
 
 def _activation_bytes(layer: Layer) -> int | None:
@@ -522,12 +527,12 @@ class _Quantizer(relax.PyExprMutator):
         data = self._quantize(layer.input, scale, "uint8" if zero_point else dtype, zero_point)
         weight, weight_scales = _quantize_weight(layer.weight, layer.channel_axis, self.form.weight_levels)
         out_channels = weight.shape[layer.channel_axis]
-        out_extra = (-out_channels) % self.form.output_channel_multiple if dense else 0
+        out_extra = _round_up(out_channels, self.form.output_channel_multiple) - out_channels if dense else 0
         if is_conv:
             data_layout, kernel_layout = str(attrs.data_layout), str(attrs.kernel_layout)
             padding = [int(p) for p in attrs.padding]
             channels = weight.shape[kernel_layout.index("I")]
-            extra = (-channels) % self.form.channel_multiple if dense else 0
+            extra = _round_up(channels, self.form.channel_multiple) - channels if dense else 0
             if extra or (zero_point and any(padding)):
                 # pad explicitly: with the zero point (the shifted zero), and channels to the multiple
                 widths = {"C": (0, extra), "H": (padding[0], padding[2]), "W": (padding[1], padding[3])}
