@@ -119,7 +119,7 @@ def count_onnxruntime(model: Path, inputs: list[np.ndarray], cpu: str, runs: int
 
         def run(plugin: list[str], total: int) -> None:
             command = ["qemu-aarch64", "-L", str(root), "-cpu", cpu, *plugin,
-                       "-E", f"PYTHONPATH={root / 'site'}", "-E", "OMP_NUM_THREADS=1",
+                       "-E", f"PYTHONPATH={root / 'site'}", "-E", "OMP_NUM_THREADS=1", "-E", "PYTHONHASHSEED=0",
                        str(root / "usr" / "bin" / PYTHON), str(driver), str(Path(model).absolute()), str(total), *paths]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
