@@ -117,6 +117,8 @@ def count_onnxruntime(model: Path, inputs: list[np.ndarray], cpu: str, runs: int
         driver = Path(work, "driver.py")
         driver.write_text(_DRIVER)
 
+        # PYTHONHASHSEED=0: with hash randomization, the two counted processes' start-ups differed by
+        # up to 300k instructions, more than a small model's whole inference
         def run(plugin: list[str], total: int) -> None:
             command = ["qemu-aarch64", "-L", str(root), "-cpu", cpu, *plugin,
                        "-E", f"PYTHONPATH={root / 'site'}", "-E", "OMP_NUM_THREADS=1", "-E", "PYTHONHASHSEED=0",

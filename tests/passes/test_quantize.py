@@ -331,3 +331,24 @@ def test_a_max_pool_or_reshape_before_a_quantized_layer_moves_the_integers(digit
     inputs = [bound[call.args[0]] for call in _integer_calls(quantized)]
     assert [getattr(value.op, "name", "") for value in inputs[2:]] == ["relax.nn.max_pool2d", "relax.reshape"]
     assert str(bound[inputs[3].args[0]].op.name) == "relax.nn.max_pool2d"  # the flatten of the second pool
+
+
+def test_rounding_to_int8_vectorizes():
+    """Requantizing epilogues round (Relax's round legalizes to tirx.nearbyint): a vectorized loop
+    that rounds must become vector code, rounding half to even as numpy does, not a scalar loop
+    (which LLVM may re-vectorize across the outer loop with gathers)."""
+    from tvm.script import tirx as T
+
+    @T.prim_func
+    def requantize(x: T.Buffer((64, 16), "float32"), q: T.Buffer((64, 16), "uint8")):
+        for i in range(64):
+            for j in T.vectorized(16):
+                q[i, j] = T.Cast("uint8", T.min(T.max(T.nearbyint(x[i, j]), T.float32(0)), T.float32(255)))
+
+    vectorized = tvm.tirx.transform.VectorizeLoop()(tvm.IRModule({"main": requantize})).script()
+    assert "for j" not in vectorized and 'T.Cast("uint8x16"' in vectorized  # one vector statement per row
+    library = tvm.compile(tvm.IRModule({"main": requantize}), target=tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}))
+    values = (np.arange(64 * 16, dtype="float32").reshape(64, 16) - 100) / 4  # halves: ties to even
+    out = tvm.runtime.tensor(np.zeros((64, 16), "uint8"))
+    library["main"](tvm.runtime.tensor(values), out)
+    np.testing.assert_array_equal(out.numpy(), np.clip(np.round(values), 0, 255).astype("uint8"))
