@@ -13,7 +13,9 @@ rule: the 112x112x96 stride-2 one 0.068 ms against 0.120, the 56x56x144 one 0.08
 
 The pass only annotates: a kernel that `legalize-fuse` produced from a depthwise conv2d and its
 elementwise epilogue gets the rule on its convolution block, and its padding and epilogue blocks are
-left to that rule. Numerics are unchanged.
+left to that rule. Numerics are unchanged. The epilogue may read the conv more than once (hard-swish,
+SiLU: MobileNetV3's and EfficientNet's depthwise kernels), and an int8 depthwise conv, which has no
+dot-product kernel, gets the same register tiles with int32 accumulators.
 """
 
 from __future__ import annotations
@@ -37,13 +39,13 @@ _MAX_CHANNEL_VECTORS = 8
 
 
 def depthwise_rule() -> tvm.transform.Pass:
-    """Mark NHWC float depthwise-convolution kernels for edgec's depthwise schedule rule.
+    """Mark NHWC depthwise-convolution kernels for edgec's depthwise schedule rule.
 
     Needs: kernels after TVM's legalization and fusion (FuseTIR), for an LLVM (CPU) target: the rule
     is registered for CPUs only. Guarantees: a kernel whose only reduction is a depthwise conv (one
-    input and one output channel per group, NHWC, float32, static width and channels), fed by its
-    padding and followed by at least one block without a reduction (bias, activation, residual
-    add), carries `schedule_rule` annotations (the rule on the conv, "None" on the others); every
+    input and one output channel per group, NHWC, accumulated in float32 or int32, static width and
+    channels), fed by its padding and followed by blocks without a reduction (bias, activation,
+    residual add, requantize) of which only the last is the kernel's output, carries `schedule_rule` annotations (the rule on the conv, "None" on the others); every
     other kernel, the input module and all numerics are unchanged.
     """
 
@@ -72,15 +74,13 @@ def _annotate(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
         return None
     conv = convs[0]
     pads = sch.get_producers(conv)
-    epilogue = _consumer_chain(sch, conv)
-    if len(pads) != 1 or sch.get_producers(pads[0]) or not epilogue:
+    epilogue = _epilogue(sch, conv)
+    if len(pads) != 1 or sch.get_producers(pads[0]) or epilogue is None or len(blocks) != 2 + len(epilogue):
         return None
     # one output channel per input channel: with a channel multiplier each tap would be a gather
     if int(sch.get(pads[0]).iter_vars[-1].dom.extent) != int(sch.get(conv).iter_vars[3].dom.extent):
         return None
     others = [b for b in blocks if not sch.get(b).same_as(sch.get(conv))]
-    if len(others) != 1 + len(epilogue) or any(_has_reduction(sch.get(b)) for b in others):
-        return None
     sch.annotate(conv, "schedule_rule", RULE_NAME)
     for block in others:
         sch.annotate(block, "schedule_rule", "None")
@@ -90,28 +90,30 @@ def _annotate(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
 def _is_depthwise(block: Any) -> bool:
     kinds = [int(iv.iter_type) for iv in block.iter_vars]
     extents = [iv.dom.extent for iv in block.iter_vars]
-    # (n, h, w, c) spatial, then (kh, kw, one input channel per group), accumulated in float32; the
-    # rule samples tiles of the width and the channels, so those must be static (batch and height need not)
+    # (n, h, w, c) spatial, then (kh, kw, one input channel per group), accumulated in float32 or
+    # int32 (int8 inputs); the rule samples tiles of the width and the channels, so those must be
+    # static (batch and height need not)
     static = all(isinstance(extent, tvm.tirx.IntImm) for extent in extents[2:])
     return (kinds == [_SPATIAL] * 4 + [_REDUCTION] * 3 and static and int(extents[-1]) == 1
-            and [region.source.dtype for region in block.writes] == ["float32"])
+            and [region.source.dtype for region in block.writes] in (["float32"], ["int32"]))
 
 
 def _has_reduction(block: Any) -> bool:
     return any(int(iv.iter_type) != _SPATIAL for iv in block.iter_vars)
 
 
-def _consumer_chain(sch: Any, block: Any) -> list[Any]:
-    """The blocks after `block` when each has exactly one consumer, up to the kernel's output."""
-    chain = []
-    while True:
-        consumers = sch.get_consumers(block)
-        if not consumers:
-            return chain
-        if len(consumers) != 1:
-            return []
-        (block,) = consumers
-        chain.append(block)
+def _epilogue(sch: Any, conv: Any) -> list[Any] | None:
+    """The blocks after `conv`, in program order, when they are all elementwise and the last one is
+    the kernel's only output (a chain such as bias + ReLU6, or a graph such as hard-swish's and
+    SiLU's, which read the biased conv twice); None otherwise."""
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    position = next(i for i, b in enumerate(blocks) if sch.get(b).same_as(sch.get(conv)))
+    after = blocks[position + 1:]
+    if not after or any(_has_reduction(sch.get(b)) for b in after):
+        return None
+    if sch.get_consumers(after[-1]) or any(not sch.get_consumers(b) for b in after[:-1]):
+        return None
+    return after
 
 
 def _depthwise_rule(sch: Any, conv: Any) -> list[Any]:
@@ -123,8 +125,8 @@ def _depthwise_rule(sch: Any, conv: Any) -> list[Any]:
     channel block (<= 8 vectors).
     """
     (pad,) = sch.get_producers(conv)
-    *inlined, output = _consumer_chain(sch, conv)
-    for block in inlined:
+    *inlined, output = _epilogue(sch, conv)
+    for block in inlined:  # producers first: each is inlined into consumers not yet inlined
         sch.compute_inline(block)
     sch.compute_inline(pad)
     batch, row, col, channel = sch.get_loops(output)

@@ -8,13 +8,15 @@ import tvm
 from compiler.frontends import import_torch_module
 from passes import LayoutConfig, convert_layout, depthwise_rule, simplify_for_inference
 from passes.depthwise import RULE_NAME, _depthwise_rule
+from passes.dot_product import import_tensor_intrinsics
 from targets.registry import cpu_flags
 from tests.helpers import fuse_for_cpu, run_kernel
 
 
 class _InvertedResidual(torch.nn.Module):
     """MobileNetV2's block: pointwise expand + ReLU6, depthwise 3x3 + ReLU6, pointwise project; or
-    variants of the middle conv that the rule does not take."""
+    variants of the middle conv: other activations (hard-swish and SiLU read the conv twice), and
+    convs that the rule does not take."""
 
     def __init__(self, channels: int, expanded: int, stride: int, variant: str = "depthwise"):
         super().__init__()
@@ -23,7 +25,8 @@ class _InvertedResidual(torch.nn.Module):
         self.expand = torch.nn.Conv2d(channels, expanded, 1)
         self.middle = torch.nn.Conv2d(expanded, middle, 3, stride=stride, padding=1, groups=groups,
                                       bias=variant != "no-epilogue")
-        self.activation = torch.nn.Identity() if variant == "no-epilogue" else torch.nn.ReLU6()
+        activations = {"no-epilogue": torch.nn.Identity, "hardswish": torch.nn.Hardswish, "silu": torch.nn.SiLU}
+        self.activation = activations.get(variant, torch.nn.ReLU6)()
         self.project = torch.nn.Conv2d(middle, channels, 1)
 
     def forward(self, x):
@@ -59,6 +62,60 @@ def test_only_the_nhwc_depthwise_kernel_gets_the_rule(stride):
     # its conv carries the rule; the padding and the epilogue (bias, max, min) are left to it
     assert sorted(rules[name]) == ["None"] * 4 + [RULE_NAME]
     assert not any(_rules(fused).values())  # the pass left its input module as it was
+
+
+@pytest.mark.parametrize("variant", ["hardswish", "silu"])
+def test_an_epilogue_that_reads_the_conv_twice_is_taken_too(variant):
+    """Hard-swish (x * relu6(x + 3) / 6) and SiLU (x * sigmoid(x)) make the biased conv feed two
+    blocks: the epilogue is a graph, not a chain, and all of it is inlined into the one output."""
+    marked = depthwise_rule()(_module("NHWC", 1, variant=variant)[0])
+    (annotations,) = [a for a in _rules(marked).values() if a]
+    assert RULE_NAME in annotations and len(annotations) > 4
+
+
+def _int8_depthwise_kernel() -> tvm.IRModule:
+    """An int8 NHWC depthwise conv accumulated in int32 and rescaled to float + ReLU, as edgec's
+    quantize pass writes it, fused into one kernel."""
+    from tvm import relax
+
+    rng = np.random.default_rng(0)
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 9, 10, 32), "int8"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            weight = relax.const(rng.integers(-127, 128, (32, 3, 3, 1)).astype("int8"))
+            acc = builder.emit(relax.op.nn.conv2d(x, weight, padding=1, groups=32, data_layout="NHWC",
+                                                  kernel_layout="OHWI", out_dtype="int32"))
+            scaled = builder.emit(relax.op.multiply(relax.op.astype(acc, "float32"),
+                                                    relax.const((rng.random(32) * 1e-3).astype("float32"))))
+            out = builder.emit_output(relax.op.nn.relu(relax.op.add(scaled, relax.const(np.float32(-0.1)))))
+        builder.emit_func_output(out)
+    marked = depthwise_rule()(fuse_for_cpu(builder.get()))
+    (name,) = [name for name, annotations in _rules(marked).items() if RULE_NAME in annotations]
+    return tvm.IRModule({"main": marked[name].with_attr("global_symbol", "main")})
+
+
+def test_int8_depthwise_kernels_get_the_rule_and_compute_the_same():
+    """int8 depthwise convs (no dot-product instruction takes them) are register-tiled like float
+    ones: int32 accumulators, the int8 input read in place; the result is exact."""
+    from tvm.s_tir import meta_schedule as ms
+
+    kernel = _int8_depthwise_kernel()
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
+    import_tensor_intrinsics(target)  # TuneContext's own import of every backend's takes minutes
+    rng = np.random.default_rng(1)
+    shapes = [([int(d) for d in info.shape], info.dtype) for info in ms.arg_info.ArgInfo.from_prim_func(kernel["main"])]
+    args = [rng.integers(-128, 128, shape).astype(dtype) if "int" in dtype else rng.random(shape).astype(dtype)
+            for shape, dtype in shapes]
+    expected = run_kernel(kernel, target, args)
+    assert 0 < (expected > 0).mean() < 1
+    context = ms.TuneContext(mod=kernel, target=target, space_generator="post-order-apply", task_name="dw8")
+    with target:
+        (space,) = context.generate_design_space()
+    assert "pad_temp" not in space.mod.script() and "T.vectorized" in space.mod.script()
+    assert all(postproc.apply(space) for postproc in context.space_generator.postprocs)
+    # int32 sums are exact; the float rescale may round once differently (a fused multiply-add)
+    np.testing.assert_allclose(run_kernel(space.mod, target, args), expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize(("layout", "variant"), [("NCHW", "depthwise"), ("NHWC", "grouped"), ("NHWC", "multiplier"),
