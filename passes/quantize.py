@@ -104,7 +104,10 @@ class Int8Payoff:
     Measured on a Zen 4 (x86-avx512, VNNI, 32x32 inputs): a grouped conv 30.5 vs 24.0 us float,
     depthwise 10.7 vs 8.7, a 1x1 conv with depth 24 14.4 vs 11.7, while depths 40 and 48 gained 27%
     and 14% (so 24 FMAs: depth 32 with VNNI's 4x, 96 with AVX2's 4/3); at 224x224 the same depthwise
-    and shallow layers gain from int8 (MobileNetV2).
+    and shallow layers gain from int8 (MobileNetV2). Re-checked once requantizing epilogues vectorized
+    (they had been scalar): quantizing every layer was still slower than this choice on both 32x32
+    matrix models (examples/int8_matrix.py): 1.05x and 1.27x this choice's time on x86-avx512, 1.35x
+    and 1.64x on x86-64 (Zen 4).
     """
 
     dot_speedup: float | None  # the target's int8 dot product over float FMAs (None: it has none)
