@@ -573,8 +573,46 @@ def _open_copy(directory: Path, target: tvm.target.Target, stack: contextlib.Exi
     try:
         return _open(copy, target)
     except (RuntimeError, ValueError) as err:  # what MetaSchedule's JSON reader raises
-        log.warning("ignoring the tuning records in %s: MetaSchedule cannot read them (%s)", directory, _last_line(err))
+        reason = _last_line(err)
+    # MetaSchedule replays every record's trace as it reads them, and one trace that no longer
+    # replays (seen after a tuning run) fails the whole file: drop only those records
+    unreplayable = _unreplayable_records(repaired, target, copy)
+    if unreplayable is None:
+        log.warning("ignoring the tuning records in %s: MetaSchedule cannot read them (%s)", directory, reason)
         return None
+    log.warning("skipped %d records in %s whose schedules MetaSchedule cannot replay (%s); using the other %d",
+                len(unreplayable), directory, reason, len(repaired.records) - len(unreplayable))
+    kept = Repaired(repaired.workloads, [r for i, r in enumerate(repaired.records) if i not in unreplayable],
+                    repaired.dropped + len(unreplayable))
+    kept.write(copy)
+    return _open(copy, target)
+
+
+def _unreplayable_records(repaired: Repaired, target: tvm.target.Target, scratch: Path) -> set[int] | None:
+    """Indices of the records that fail MetaSchedule's reader, found by bisection (a reader per
+    probe, so about log2(records) of them per bad record); None if the workloads alone fail."""
+
+    def readable(indices: list[int]) -> bool:
+        Repaired(repaired.workloads, [repaired.records[i] for i in indices], 0).write(scratch)
+        try:
+            _open(scratch, target)
+            return True
+        except (RuntimeError, ValueError):
+            return False
+
+    if not readable([]):
+        return None
+    bad: set[int] = set()
+    pending = [list(range(len(repaired.records)))]
+    while pending:
+        indices = pending.pop()
+        if readable(indices):
+            continue
+        if len(indices) == 1:
+            bad.update(indices)
+        else:
+            pending += [indices[:len(indices) // 2], indices[len(indices) // 2:]]
+    return bad
 
 
 # ----------------------------------------------------------------------------------------- shared

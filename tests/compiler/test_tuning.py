@@ -510,6 +510,27 @@ def test_corrupt_and_truncated_lines_are_skipped_with_a_warning(tuned, onnx_file
     assert lines(directory / tuning_db.RECORDS) == good
 
 
+def test_records_that_no_longer_replay_are_dropped_and_the_rest_used(tuned, model, host, tmp_path, caplog):
+    """MetaSchedule replays each record's trace as it reads the file, and one that fails used to fail
+    the whole database (a `--refine` run once wrote such a record): only those records are dropped."""
+    root, _ = tuned
+    directory = copy_database(root, tmp_path)
+    records = [json.loads(line) for line in lines(directory / tuning_db.RECORDS)]
+    broken = 0
+    for record in records:
+        if record[0] == 0:  # every record of the first kernel names a block its kernel does not have
+            get_block = next(inst for inst in record[1][0][0] if inst[0] == "GetSBlock")
+            get_block[2][0] = "no_such_block"
+            broken += 1
+    (directory / tuning_db.RECORDS).write_text("".join(json.dumps(r) + "\n" for r in records))
+    with caplog.at_level(logging.WARNING, logger="edgec"):
+        manifest = compile_with(model, host, tmp_path / "logs", tmp_path / "out")
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith(f"skipped {broken} records in {directory} whose schedules MetaSchedule cannot replay")
+    assert f"using the other {len(records) - broken}" in message
+    assert 0 < broken and manifest.tuning["tuned"] == KERNELS - 1
+
+
 def test_truncated_workload_drops_its_records_and_renumbers_the_rest(tuned, model, host, tmp_path, caplog):
     root, _ = tuned
     directory = copy_database(root, tmp_path)
