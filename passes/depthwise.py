@@ -45,7 +45,8 @@ def depthwise_rule() -> tvm.transform.Pass:
     is registered for CPUs only. Guarantees: a kernel whose only reduction is a depthwise conv (one
     input and one output channel per group, NHWC, accumulated in float32 or int32, static width and
     channels), fed by its padding and followed by blocks without a reduction (bias, activation,
-    residual add, requantize) of which only the last is the kernel's output, carries `schedule_rule` annotations (the rule on the conv, "None" on the others); every
+    residual add, requantize) of which only the last is the kernel's output, carries
+    `schedule_rule` annotations (the rule on the conv, "None" on the others); every
     other kernel, the input module and all numerics are unchanged.
     """
 
