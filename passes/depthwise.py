@@ -76,7 +76,8 @@ def _annotate(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
     conv = convs[0]
     pads = sch.get_producers(conv)
     epilogue = _epilogue(sch, conv)
-    if len(pads) != 1 or sch.get_producers(pads[0]) or epilogue is None or len(blocks) != 2 + len(epilogue):
+    if len(pads) != 1 or sch.get_producers(pads[0]) or _has_reduction(sch.get(pads[0])) \
+            or epilogue is None or len(blocks) != 2 + len(epilogue):
         return None
     # one output channel per input channel: with a channel multiplier each tap would be a gather
     if int(sch.get(pads[0]).iter_vars[-1].dom.extent) != int(sch.get(conv).iter_vars[3].dom.extent):

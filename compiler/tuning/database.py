@@ -590,10 +590,11 @@ def _open_copy(directory: Path, target: tvm.target.Target, stack: contextlib.Exi
 
 def _unreplayable_records(repaired: Repaired, target: tvm.target.Target, scratch: Path) -> set[int] | None:
     """Indices of the records that fail MetaSchedule's reader, found by bisection (a reader per
-    probe, so about log2(records) of them per bad record); None if the workloads alone fail."""
+    probe, so about log2(records) of them per bad record); None if the workloads alone fail.
+    `scratch` holds `repaired` as written: each probe rewrites only its records file."""
 
     def readable(indices: list[int]) -> bool:
-        Repaired(repaired.workloads, [repaired.records[i] for i in indices], 0).write(scratch)
+        _write_atomic(scratch / RECORDS, "".join(repaired.records[i] + "\n" for i in indices))
         try:
             _open(scratch, target)
             return True
